@@ -1,0 +1,6 @@
+//! sparseburn: text classifiers with huge, sparsely-updated embedding tables.
+//!
+//! Data flows one way: `config` → `data` → `model` → `optim` → `train` →
+//! `summary` → `export` → `serve`. The `sparseburn` binary is a thin CLI over this library.
+
+pub mod summary;

@@ -1,0 +1,1 @@
+//! TensorBoard summaries (owned by the summary helper).
