@@ -3,4 +3,10 @@
 //! Data flows one way: `config` → `data` → `model` → `optim` → `train` →
 //! `summary` → `export` → `serve`. The `sparseburn` binary is a thin CLI over this library.
 
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod io;
+pub mod model;
+pub mod optim;
 pub mod summary;

@@ -1,0 +1,342 @@
+//! Experiment configuration: one TOML file per experiment, `--set key=value`
+//! overrides, validation with errors that name the file and the key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataFormat, TokenizerConfig, VocabConfig};
+use crate::model::{Pooling, TableInit};
+use crate::optim::TableOptimizerConfig;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub experiment: ExperimentConfig,
+    pub data: DataConfig,
+    pub tokenizer: TokenizerConfig,
+    pub vocab: VocabConfig,
+    pub model: ModelConfig,
+    pub optimizer: OptimizerConfig,
+    pub train: TrainConfig,
+    pub logging: LoggingConfig,
+    pub checkpoint: CheckpointConfig,
+    pub export: ExportConfig,
+    pub memory: MemoryConfig,
+    pub placement: PlacementConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExperimentConfig {
+    pub name: String,
+    /// Name of this run within the experiment (an A/B arm).
+    pub arm: String,
+    pub seed: u64,
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        ExperimentConfig { name: "experiment".into(), arm: "run".into(), seed: 42 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    pub train: PathBuf,
+    /// Test file; without one, `test_fraction` of the training file is held out.
+    pub test: Option<PathBuf>,
+    /// Fraction held out per label when there is no test file.
+    pub test_fraction: f64,
+    /// Seed of the held-out split, separate from the training seed so every seed sees one test set.
+    pub split_seed: u64,
+    pub format: DataFormat,
+    /// Fail on the first bad line instead of skipping it.
+    pub strict: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { train: PathBuf::new(), test: None, test_fraction: 0.2, split_seed: 0, format: DataFormat::Tsv, strict: false }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub dim: usize,
+    pub pooling: Pooling,
+    /// Hidden layer widths of the head; empty = linear classifier.
+    pub hidden: Vec<usize>,
+    pub init: TableInit,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { dim: 64, pooling: Pooling::Mean, hidden: Vec::new(), init: TableInit::default() }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Shorthand that sets both `table.lr` and `head.lr` (e.g. `--set optimizer.lr=0.01`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    pub table: TableOptimizerConfig,
+    pub head: HeadOptimizerConfig,
+}
+
+/// Burn's Adam for the head. ε defaults to 1e-8 like the table's (Burn's own default is 1e-5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeadOptimizerConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for HeadOptimizerConfig {
+    fn default() -> Self {
+        HeadOptimizerConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    #[default]
+    Constant,
+    /// Linear decay from lr to 0 over the run.
+    Linear,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Stop after this many steps (0 = run all epochs).
+    pub max_steps: u64,
+    pub schedule: Schedule,
+    /// Linear warm-up from 0 over this many steps.
+    pub warmup_steps: u64,
+    /// Evaluate every N steps (0 = only at the end of each epoch).
+    pub eval_every: u64,
+    /// k of the top-k accuracy.
+    pub top_k: usize,
+    /// Worker threads (0 = all cores).
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { epochs: 5, batch_size: 64, max_steps: 0, schedule: Schedule::Constant, warmup_steps: 0, eval_every: 0, top_k: 3, threads: 0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Runs go to `<dir>/<experiment>/<arm>-<n>/`.
+    pub dir: PathBuf,
+    /// No progress bar (for CI and logs).
+    pub quiet: bool,
+    pub tensorboard: bool,
+    /// Write histograms every N steps (0 = never).
+    pub histogram_every: u64,
+    /// Log scalars every N steps.
+    pub scalar_every: u64,
+    /// Words exported to TensorBoard's projector at the end (0 = none).
+    pub projector_words: usize,
+    /// Print every op/parameter and its device at start (TF's log_device_placement).
+    pub log_device_placement: bool,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            dir: PathBuf::from("runs"),
+            quiet: false,
+            tensorboard: true,
+            histogram_every: 100,
+            scalar_every: 1,
+            projector_words: 500,
+            log_device_placement: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Write a checkpoint every N steps (0 = only at the end).
+    pub every: u64,
+    /// Checkpoints kept (oldest removed first).
+    pub keep: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { every: 0, keep: 2 }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Export a model bundle here at the end of training.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Refuse to start when table + optimizer state would exceed this many GB of host memory.
+    pub host_max_gb: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlacementConfig {
+    /// Where the embedding table lives: "cpu" (host memory).
+    pub embedding: String,
+    /// Where the dense head runs: "cpu" or "cuda:N" (needs `--features cuda`).
+    pub dense: String,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig { embedding: "cpu".into(), dense: "cpu".into() }
+    }
+}
+
+/// A config error that names where it came from.
+fn at(source: &str, key: &str, msg: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{source}: `{key}`: {msg}")
+}
+
+impl Config {
+    /// Reads `path`, applies `overrides` (`key.path=value`), and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        Config::from_toml(&text, &path.display().to_string(), path.parent(), overrides)
+    }
+
+    /// Parses TOML `text` (named `source` in errors). Relative data paths are
+    /// taken relative to the current directory (so configs in `configs/` name
+    /// files from the project root, as the shipped ones do).
+    pub fn from_toml(text: &str, source: &str, _dir: Option<&Path>, overrides: &[String]) -> anyhow::Result<Config> {
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{source}: invalid TOML: {e}"))?;
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+            let key = e.path().to_string();
+            at(source, &key, e.into_inner())
+        })?;
+        let mut config = config;
+        if let Some(lr) = config.optimizer.lr.take() {
+            config.optimizer.table.lr = lr;
+            config.optimizer.head.lr = lr;
+        }
+        config.validate(source)?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: ranges, and that data files exist.
+    pub fn validate(&self, source: &str) -> anyhow::Result<()> {
+        let positive = |key: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(at(source, key, format!("must be a positive number, got {v}"))) };
+        let unit = |key: &str, v: f64| if (0.0..1.0).contains(&v) { Ok(()) } else { Err(at(source, key, format!("must be in [0, 1), got {v}"))) };
+        if self.data.train.as_os_str().is_empty() {
+            bail!(at(source, "data.train", "missing: the training data file is required"));
+        }
+        if !self.data.train.is_file() {
+            bail!(at(source, "data.train", format!("file not found: {}", self.data.train.display())));
+        }
+        if let Some(test) = &self.data.test {
+            if !test.is_file() {
+                bail!(at(source, "data.test", format!("file not found: {}", test.display())));
+            }
+        } else if !(self.data.test_fraction > 0.0 && self.data.test_fraction < 1.0) {
+            bail!(at(source, "data.test_fraction", format!("must be in (0, 1) when data.test is not set, got {}", self.data.test_fraction)));
+        }
+        if self.train.batch_size == 0 {
+            bail!(at(source, "train.batch_size", "must be at least 1, got 0"));
+        }
+        if self.train.epochs == 0 && self.train.max_steps == 0 {
+            bail!(at(source, "train.epochs", "must be at least 1 (or set train.max_steps)"));
+        }
+        if self.train.top_k == 0 {
+            bail!(at(source, "train.top_k", "must be at least 1"));
+        }
+        if self.model.dim == 0 {
+            bail!(at(source, "model.dim", "must be at least 1"));
+        }
+        if self.model.hidden.contains(&0) {
+            bail!(at(source, "model.hidden", "layer widths must be at least 1"));
+        }
+        if self.vocab.ngrams == 0 {
+            bail!(at(source, "vocab.ngrams", "must be at least 1"));
+        }
+        if self.vocab.buckets > u32::MAX as u64 / 2 {
+            bail!(at(source, "vocab.buckets", format!("{} is too many: row ids are u32", self.vocab.buckets)));
+        }
+        let t = &self.optimizer.table;
+        positive("optimizer.table.lr", t.lr)?;
+        positive("optimizer.table.epsilon", t.epsilon)?;
+        unit("optimizer.table.beta1", t.beta1)?;
+        unit("optimizer.table.beta2", t.beta2)?;
+        unit("optimizer.table.weight_decay", t.weight_decay * t.lr)?;
+        let h = &self.optimizer.head;
+        positive("optimizer.head.lr", h.lr)?;
+        positive("optimizer.head.epsilon", h.epsilon)?;
+        unit("optimizer.head.beta1", h.beta1)?;
+        unit("optimizer.head.beta2", h.beta2)?;
+        if h.weight_decay < 0.0 {
+            bail!(at(source, "optimizer.head.weight_decay", "must be >= 0"));
+        }
+        if self.placement.embedding != "cpu" {
+            bail!(at(source, "placement.embedding", format!("only \"cpu\" (host memory) is supported, got {:?}", self.placement.embedding)));
+        }
+        crate::device::parse_dense_device(&self.placement.dense).map_err(|e| at(source, "placement.dense", e))?;
+        if let Some(gb) = self.memory.host_max_gb {
+            positive("memory.host_max_gb", gb)?;
+        }
+        Ok(())
+    }
+
+    /// The config as TOML, as saved in the run directory.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises to TOML")
+    }
+}
+
+/// Applies `a.b.c=value` to the table. The value is parsed as TOML (so
+/// `0.01`, `true`, `[1, 2]`, `"x"` keep their types); anything that does not
+/// parse is taken as a string. Types are then checked like the file's.
+pub fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .with_context(|| format!("--set {assignment:?}: expected KEY=VALUE, e.g. optimizer.table.lr=0.01"))?;
+    let (key, raw) = (key.trim(), raw.trim());
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set {assignment:?}: bad key {key:?}");
+    }
+    let mut node = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry.as_table_mut().with_context(|| format!("--set {assignment:?}: `{part}` is not a section"))?;
+    }
+    node.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}

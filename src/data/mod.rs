@@ -1,0 +1,14 @@
+//! Data: a streaming reader, the tokenizer, the vocabulary with hashed n-gram
+//! buckets, encoded datasets and shuffled, prefetched batches.
+
+pub mod batch;
+pub mod dataset;
+pub mod reader;
+pub mod tokenizer;
+pub mod vocab;
+
+pub use batch::{Batch, BatchIter};
+pub use dataset::{Dataset, Labels};
+pub use reader::{DataFormat, Example, ReadStats};
+pub use tokenizer::{Tokenizer, TokenizerConfig};
+pub use vocab::{Featurizer, Vocab, VocabConfig};

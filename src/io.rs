@@ -1,0 +1,157 @@
+//! File helpers shared by checkpoints and exports: atomic writes, checksums,
+//! and safetensors files read through a memory map.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use sha2::{Digest, Sha256};
+
+use crate::optim::{StateData, StateError, StateSource};
+
+/// Writes a file through a temporary file in the same directory, then renames
+/// it into place, so a crash never leaves a half-written file under `path`.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file());
+        write(&mut w).and_then(|_| w.flush()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    tmp.as_file().sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+/// Lowercase hex SHA-256 of a file's bytes.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// One tensor to write: little-endian bytes with dtype and shape.
+pub struct TensorOut<'a> {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: &'a [u8],
+}
+
+impl<'a> TensorOut<'a> {
+    pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &'a [f32]) -> Self {
+        TensorOut { name: name.into(), dtype: Dtype::F32, shape, bytes: bytemuck::cast_slice(values) }
+    }
+
+    /// A 1-D tensor from optimizer state.
+    pub fn state(name: impl Into<String>, data: StateData<'a>) -> Self {
+        let (dtype, bytes): (Dtype, &[u8]) = match data {
+            StateData::F32(x) => (Dtype::F32, bytemuck::cast_slice(x)),
+            StateData::U32(x) => (Dtype::U32, bytemuck::cast_slice(x)),
+            StateData::F64(x) => (Dtype::F64, bytemuck::cast_slice(x)),
+            StateData::U64(x) => (Dtype::U64, bytemuck::cast_slice(x)),
+        };
+        TensorOut { name: name.into(), dtype, shape: vec![data.len()], bytes }
+    }
+}
+
+/// Writes a safetensors file atomically (temp file + rename).
+pub fn write_safetensors(path: &Path, tensors: &[TensorOut<'_>], metadata: HashMap<String, String>) -> anyhow::Result<()> {
+    let views = tensors
+        .iter()
+        .map(|t| Ok((t.name.clone(), TensorView::new(t.dtype, t.shape.clone(), t.bytes)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .with_context(|| format!("preparing {}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    safetensors::serialize_to_file(views, &Some(metadata), tmp.path()).with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file().sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+/// A safetensors file, memory-mapped: opening a multi-GB table is instant and
+/// pages are read on first touch.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: the file is only read; files we write are replaced by rename, never modified in place.
+        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        SafeTensors::deserialize(&mmap).with_context(|| format!("{}: not a valid safetensors file (truncated or corrupt?)", path.display()))?;
+        Ok(SafetensorsFile { path: path.to_path_buf(), mmap })
+    }
+
+    fn tensors(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.mmap).expect("validated in open")
+    }
+
+    pub fn metadata(&self) -> HashMap<String, String> {
+        SafeTensors::read_metadata(&self.mmap).ok().and_then(|(_, m)| m.metadata().clone()).unwrap_or_default()
+    }
+
+    /// Raw little-endian bytes and shape of tensor `name`, checked against `dtype`.
+    pub fn raw(&self, name: &str, dtype: Dtype) -> anyhow::Result<(&[u8], Vec<usize>)> {
+        let t = self.tensors().tensor(name).map_err(|_| anyhow::anyhow!("{}: tensor {name:?} is missing", self.path.display()))?;
+        if t.dtype() != dtype {
+            bail!("{}: tensor {name:?} has dtype {:?}, expected {dtype:?}", self.path.display(), t.dtype());
+        }
+        // Re-slice from our own mmap so the lifetime is tied to self.
+        let data = t.data();
+        let start = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        Ok((&self.mmap[start..start + data.len()], t.shape().to_vec()))
+    }
+
+    /// Tensor `name` as f32 values (copied; safetensors offsets need not be aligned).
+    pub fn f32(&self, name: &str) -> anyhow::Result<(Vec<f32>, Vec<usize>)> {
+        let (bytes, shape) = self.raw(name, Dtype::F32)?;
+        Ok((bytemuck::pod_collect_to_vec(bytes), shape))
+    }
+
+    fn read_into<T: bytemuck::Pod>(&self, name: &str, dtype: Dtype, into: &mut [T]) -> Result<(), StateError> {
+        let (bytes, _) = self.raw(name, dtype).map_err(|e| match self.tensors().tensor(name) {
+            Err(_) => StateError::Missing(name.to_string()),
+            Ok(t) => StateError::WrongType { name: name.to_string(), expected: dtype_name(dtype), found: format!("{:?} ({e})", t.dtype()) },
+        })?;
+        let found = bytes.len() / std::mem::size_of::<T>();
+        if found != into.len() {
+            return Err(StateError::WrongLength { name: name.to_string(), expected: into.len(), found });
+        }
+        bytemuck::cast_slice_mut::<T, u8>(into).copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+fn dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F32 => "F32",
+        Dtype::U32 => "U32",
+        Dtype::F64 => "F64",
+        Dtype::U64 => "U64",
+        _ => "other",
+    }
+}
+
+impl StateSource for SafetensorsFile {
+    fn read_f32(&self, name: &str, into: &mut [f32]) -> Result<(), StateError> {
+        self.read_into(name, Dtype::F32, into)
+    }
+    fn read_u32(&self, name: &str, into: &mut [u32]) -> Result<(), StateError> {
+        self.read_into(name, Dtype::U32, into)
+    }
+    fn read_f64(&self, name: &str, into: &mut [f64]) -> Result<(), StateError> {
+        self.read_into(name, Dtype::F64, into)
+    }
+    fn read_u64(&self, name: &str, into: &mut [u64]) -> Result<(), StateError> {
+        self.read_into(name, Dtype::U64, into)
+    }
+}

@@ -1,0 +1,11 @@
+//! The model: a sparse embedding bag over a host-memory table, then a dense head in Burn.
+
+pub mod bag;
+pub mod head;
+pub mod sparse_grad;
+pub mod table;
+
+pub use bag::{bag_backward, bag_forward, pool_one, Bags, Pooling};
+pub use head::{DenseLayer, Head, HeadConfig, HeadWeights};
+pub use sparse_grad::SparseGrad;
+pub use table::{EmbeddingTable, TableInit};

@@ -1,0 +1,340 @@
+//! Adam over an embedding table, lazy (rows in the batch only) and dense (every row).
+//!
+//! Both use the same update (TF's LazyAdam / torch's SparseAdam form), with `t`
+//! the table's global step, or the row's own step count under
+//! `BiasCorrection::PerRow`:
+//!
+//! ```text
+//! m ← β1·m + (1−β1)·g
+//! v ← β2·v + (1−β2)·g²
+//! w ← w·decay − lr·√(1−β2^t)/(1−β1^t) · m/(√v + ε)
+//! ```
+//!
+//! `decay` is decoupled weight decay, `(1 − lr·wd)` per step. A lazy row that
+//! was absent for some steps first receives the product of the factors it
+//! missed, so lazy and dense agree on decay even under an lr schedule.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::state::{StateData, StateError, StateSource};
+use super::TableOptimizer;
+use crate::model::table::zeroed_prefaulted;
+use crate::model::{EmbeddingTable, SparseGrad};
+
+/// How Adam's bias correction counts steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BiasCorrection {
+    /// The table's global step count (TF LazyAdam, torch SparseAdam).
+    #[default]
+    Global,
+    /// Each row's own count of steps it was present in (FBGEMM). Rare rows
+    /// otherwise take steps several times larger than lr.
+    PerRow,
+    /// No bias correction.
+    None,
+}
+
+/// Hyper-parameters shared by [`LazyAdam`] and [`DenseAdam`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    pub weight_decay: f64,
+    pub bias_correction: BiasCorrection,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig { beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weight_decay: 0.0, bias_correction: BiasCorrection::Global }
+    }
+}
+
+impl AdamConfig {
+    pub fn init_lazy(self, rows: usize, dim: usize) -> LazyAdam {
+        LazyAdam { state: AdamState::new(self, rows, dim) }
+    }
+    pub fn init_dense(self, rows: usize, dim: usize) -> DenseAdam {
+        DenseAdam { state: AdamState::new(self, rows, dim) }
+    }
+    pub fn state_bytes(&self, rows: usize, dim: usize) -> u64 {
+        let moments = 2 * rows as u64 * dim as u64 * 4;
+        let row_steps = if self.bias_correction == BiasCorrection::PerRow { rows as u64 * 4 } else { 0 };
+        let decay_marks = if self.weight_decay != 0.0 { rows as u64 * 8 } else { 0 };
+        moments + row_steps + decay_marks
+    }
+
+    /// `lr·√(1−β2^t)/(1−β1^t)` (or `lr` without bias correction), in f64.
+    fn step_size(&self, lr: f64, t: u64) -> f32 {
+        if self.bias_correction == BiasCorrection::None {
+            return lr as f32;
+        }
+        let t = t.min(i32::MAX as u64) as i32;
+        (lr * (1.0 - self.beta2.powi(t)).sqrt() / (1.0 - self.beta1.powi(t))) as f32
+    }
+}
+
+/// Moments and step counters for one table.
+#[derive(Debug)]
+struct AdamState {
+    config: AdamConfig,
+    dim: usize,
+    step: u64,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    /// Per-row step counts (only with `BiasCorrection::PerRow`).
+    row_steps: Vec<u32>,
+    /// Σ ln(1 − lr·wd) over all steps so far (only with weight decay).
+    log_decay: f64,
+    /// Each row's `log_decay` when its decay was last applied (only with weight decay).
+    row_log_decay: Vec<f64>,
+}
+
+impl AdamState {
+    fn new(config: AdamConfig, rows: usize, dim: usize) -> Self {
+        let per_row = config.bias_correction == BiasCorrection::PerRow;
+        let decays = config.weight_decay != 0.0;
+        AdamState {
+            config,
+            dim,
+            step: 0,
+            m: zeroed_prefaulted(rows * dim),
+            v: zeroed_prefaulted(rows * dim),
+            row_steps: if per_row { zeroed_prefaulted(rows) } else { Vec::new() },
+            log_decay: 0.0,
+            row_log_decay: if decays { zeroed_prefaulted(rows) } else { Vec::new() },
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.m.len() / self.dim
+    }
+
+    fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
+        let mut s = vec![
+            ("step", StateData::U64(std::slice::from_ref(&self.step))),
+            ("m", StateData::F32(&self.m)),
+            ("v", StateData::F32(&self.v)),
+        ];
+        if !self.row_steps.is_empty() {
+            s.push(("row_steps", StateData::U32(&self.row_steps)));
+        }
+        if !self.row_log_decay.is_empty() {
+            s.push(("log_decay", StateData::F64(std::slice::from_ref(&self.log_decay))));
+            s.push(("row_log_decay", StateData::F64(&self.row_log_decay)));
+        }
+        s
+    }
+
+    fn load_state(&mut self, source: &dyn StateSource) -> Result<(), StateError> {
+        source.read_u64("step", std::slice::from_mut(&mut self.step))?;
+        source.read_f32("m", &mut self.m)?;
+        source.read_f32("v", &mut self.v)?;
+        if !self.row_steps.is_empty() {
+            source.read_u32("row_steps", &mut self.row_steps)?;
+        }
+        if !self.row_log_decay.is_empty() {
+            source.read_f64("log_decay", std::slice::from_mut(&mut self.log_decay))?;
+            source.read_f64("row_log_decay", &mut self.row_log_decay)?;
+        }
+        Ok(())
+    }
+
+    /// Advances the global step and decay product; returns the global step size
+    /// and this step's decay factor for rows that were present last step too.
+    fn begin_step(&mut self, lr: f32) -> (f32, f32) {
+        self.step += 1;
+        let decay = 1.0 - lr as f64 * self.config.weight_decay;
+        if self.config.weight_decay != 0.0 {
+            self.log_decay += decay.ln();
+        }
+        (self.config.step_size(lr as f64, self.step), decay as f32)
+    }
+}
+
+/// The fused per-row update: reads g, m, v, w once and writes m, v, w once.
+/// `g = None` is a zero gradient (dense Adam on an absent row).
+#[inline(always)]
+fn update_row(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: Option<&[f32]>, c: &AdamConfig, step_size: f32, decay: f32) {
+    let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.epsilon as f32);
+    let (one_b1, one_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
+    match g {
+        Some(g) => {
+            for j in 0..w.len() {
+                let gj = g[j];
+                let mj = b1 * m[j] + one_b1 * gj;
+                let vj = b2 * v[j] + one_b2 * gj * gj;
+                m[j] = mj;
+                v[j] = vj;
+                w[j] = w[j] * decay - step_size * mj / (vj.sqrt() + eps);
+            }
+        }
+        None => {
+            for j in 0..w.len() {
+                let mj = b1 * m[j];
+                let vj = b2 * v[j];
+                m[j] = mj;
+                v[j] = vj;
+                w[j] = w[j] * decay - step_size * mj / (vj.sqrt() + eps);
+            }
+        }
+    }
+}
+
+/// Raw pointer that may cross threads. Sound only because every user below
+/// writes disjoint rows: sparse gradient rows are unique.
+#[derive(Clone, Copy)]
+struct SharedMut<T>(*mut T);
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+impl<T> SharedMut<T> {
+    /// # Safety
+    /// `start..start+len` must be in bounds and no other thread may access it concurrently.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+/// Rows per rayon task: large enough to amortise scheduling of 256-byte rows.
+const ROWS_PER_TASK: usize = 256;
+
+/// Adam that updates m, v and w only for the rows present in the batch.
+#[derive(Debug)]
+pub struct LazyAdam {
+    state: AdamState,
+}
+
+impl TableOptimizer for LazyAdam {
+    fn name(&self) -> &'static str {
+        "lazy_adam"
+    }
+
+    fn step(&mut self, table: &mut EmbeddingTable, grad: &SparseGrad, lr: f32) {
+        let dim = self.state.dim;
+        assert_eq!(table.dim(), dim, "table and optimizer dims differ");
+        assert_eq!(grad.dim(), dim, "gradient and optimizer dims differ");
+        let (global_step_size, _) = self.state.begin_step(lr);
+        let s = &mut self.state;
+        let (config, log_decay, lr) = (s.config, s.log_decay, lr as f64);
+        let rows = grad.rows();
+        if let Some(&last) = rows.last() {
+            assert!((last as usize) < table.rows(), "row id {last} out of range for {} rows", table.rows());
+        }
+        let w = SharedMut(table.as_mut_slice().as_mut_ptr());
+        let m = SharedMut(s.m.as_mut_ptr());
+        let v = SharedMut(s.v.as_mut_ptr());
+        let row_steps = SharedMut(s.row_steps.as_mut_ptr());
+        let row_log_decay = SharedMut(s.row_log_decay.as_mut_ptr());
+        let (per_row, decays) = (!s.row_steps.is_empty(), !s.row_log_decay.is_empty());
+        rows.par_iter().enumerate().with_min_len(ROWS_PER_TASK).for_each(|(k, &row)| {
+            let r = row as usize;
+            // SAFETY: rows are unique and < table.rows() (checked above: sorted, last in range),
+            // so each task touches a distinct row of w, m, v and the per-row arrays.
+            let (w, m, v) = unsafe { (w.slice(r * dim, dim), m.slice(r * dim, dim), v.slice(r * dim, dim)) };
+            let step_size = if per_row {
+                let k_i = unsafe { &mut row_steps.slice(r, 1)[0] };
+                *k_i += 1;
+                config.step_size(lr, *k_i as u64)
+            } else {
+                global_step_size
+            };
+            let decay = if decays {
+                // Catch up every factor since this row's last update, this step's included.
+                let mark = unsafe { &mut row_log_decay.slice(r, 1)[0] };
+                let factor = (log_decay - *mark).exp();
+                *mark = log_decay;
+                factor as f32
+            } else {
+                1.0
+            };
+            update_row(w, m, v, Some(grad.row_values(k)), &config, step_size, decay);
+        });
+    }
+
+    fn steps(&self) -> u64 {
+        self.state.step
+    }
+    fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
+        self.state.state()
+    }
+    fn load_state(&mut self, source: &dyn StateSource) -> Result<(), StateError> {
+        self.state.load_state(source)
+    }
+
+    fn apply_pending_decay(&mut self, table: &mut EmbeddingTable) {
+        let s = &mut self.state;
+        if s.row_log_decay.is_empty() {
+            return;
+        }
+        let log_decay = s.log_decay;
+        table
+            .as_mut_slice()
+            .par_chunks_mut(s.dim)
+            .zip(s.row_log_decay.par_iter_mut())
+            .for_each(|(w, mark)| {
+                let factor = (log_decay - *mark).exp() as f32;
+                *mark = log_decay;
+                w.iter_mut().for_each(|x| *x *= factor);
+            });
+    }
+}
+
+/// Adam that updates every row every step; rows absent from the batch get g = 0.
+#[derive(Debug)]
+pub struct DenseAdam {
+    state: AdamState,
+}
+
+impl TableOptimizer for DenseAdam {
+    fn name(&self) -> &'static str {
+        "dense_adam"
+    }
+
+    fn step(&mut self, table: &mut EmbeddingTable, grad: &SparseGrad, lr: f32) {
+        let dim = self.state.dim;
+        assert_eq!(table.dim(), dim, "table and optimizer dims differ");
+        assert_eq!(table.rows(), self.state.rows(), "table and optimizer rows differ");
+        let (step_size, decay) = self.state.begin_step(lr);
+        let s = &mut self.state;
+        let config = s.config;
+        let (log_decay, t) = (s.log_decay, s.step);
+        // Every row is present every step, so per-row counts equal the global step.
+        s.row_steps.iter_mut().for_each(|k| *k = t as u32);
+        s.row_log_decay.iter_mut().for_each(|mark| *mark = log_decay);
+        let chunk = ROWS_PER_TASK * 16;
+        table
+            .as_mut_slice()
+            .par_chunks_mut(chunk * dim)
+            .zip(s.m.par_chunks_mut(chunk * dim))
+            .zip(s.v.par_chunks_mut(chunk * dim))
+            .enumerate()
+            .for_each(|(c, ((w, m), v))| {
+                let first = c * chunk;
+                // Merge this chunk's rows with the sorted gradient rows.
+                let mut k = grad.rows().partition_point(|&r| (r as usize) < first);
+                for (i, ((w, m), v)) in w.chunks_mut(dim).zip(m.chunks_mut(dim)).zip(v.chunks_mut(dim)).enumerate() {
+                    let row = first + i;
+                    let g = if grad.rows().get(k) == Some(&(row as u32)) {
+                        k += 1;
+                        Some(grad.row_values(k - 1))
+                    } else {
+                        None
+                    };
+                    update_row(w, m, v, g, &config, step_size, decay);
+                }
+            });
+    }
+
+    fn steps(&self) -> u64 {
+        self.state.step
+    }
+    fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
+        self.state.state()
+    }
+    fn load_state(&mut self, source: &dyn StateSource) -> Result<(), StateError> {
+        self.state.load_state(source)
+    }
+}
