@@ -10,3 +10,5 @@ pub mod io;
 pub mod model;
 pub mod optim;
 pub mod summary;
+pub mod sys;
+pub mod train;

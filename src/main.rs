@@ -1,1 +1,68 @@
-fn main(){}
+//! The `sparseburn` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sparseburn::config::Config;
+use sparseburn::train::{self, TrainOptions};
+
+#[derive(Parser)]
+#[command(name = "sparseburn", version, about = "Train text classifiers with huge sparse embedding tables")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the experiment described by a TOML config (or resume a run).
+    Train {
+        /// Experiment config, e.g. configs/quickstart.toml (not needed with --resume).
+        config: Option<PathBuf>,
+        /// Override a config key, e.g. --set optimizer.table.lr=0.01 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Continue this run directory from its latest checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// Train exactly in this directory instead of <logging.dir>/<experiment>/<arm>-<n>.
+        #[arg(long, value_name = "DIR")]
+        run_dir: Option<PathBuf>,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train { config, overrides, resume, run_dir } => {
+            let config = match (&config, &resume) {
+                (Some(path), _) => Config::load(path, &overrides)?,
+                (None, Some(dir)) => train::run_dir::read_config(dir)?,
+                (None, None) => anyhow::bail!("give a config file, or --resume RUN_DIR"),
+            };
+            train::install_ctrl_c_handler();
+            let outcome = train::train(&config, &TrainOptions { resume, run_dir })?;
+            let e = &outcome.final_eval;
+            println!(
+                "final eval: accuracy {:.4}, top-{} {:.4}, loss {:.4} ({} examples, {} steps, {:.0} examples/s)",
+                e.accuracy, e.k, e.top_k_accuracy, e.loss, e.examples, outcome.steps, outcome.examples_per_second
+            );
+            println!("run directory: {}", outcome.run_dir.display());
+            if outcome.interrupted {
+                println!("interrupted: resume with `sparseburn train --resume {}`", outcome.run_dir.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The run directory: `<logging.dir>/<experiment>/<arm>-<n>/`, holding the
+//! resolved config, labels, vocabulary, metrics, checkpoints and TensorBoard files.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::data::{Labels, Vocab};
+use crate::io::write_atomic;
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const LABELS_FILE: &str = "labels.txt";
+pub const VOCAB_FILE: &str = "vocab.txt";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// Creates a fresh `<arm>-<n>` folder (the first free n; `create_dir` is atomic,
+/// so concurrent runs never share one).
+pub fn create(config: &Config) -> anyhow::Result<PathBuf> {
+    let parent = config.logging.dir.join(&config.experiment.name);
+    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create run directory under {} (set logging.dir)", parent.display()))?;
+    for n in 1.. {
+        let dir = parent.join(format!("{}-{n}", config.experiment.arm));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    unreachable!()
+}
+
+/// Writes the resolved config, labels and vocabulary into the run directory.
+pub fn write_run_files(dir: &Path, config: &Config, labels: &Labels, vocab: &Vocab) -> anyhow::Result<()> {
+    write_atomic(&dir.join(CONFIG_FILE), |w| w.write_all(config.to_toml().as_bytes()))?;
+    write_atomic(&dir.join(LABELS_FILE), |w| labels.names().iter().try_for_each(|l| writeln!(w, "{l}")))?;
+    write_atomic(&dir.join(VOCAB_FILE), |w| vocab.write(w))?;
+    Ok(())
+}
+
+/// The resolved config saved in a run directory.
+pub fn read_config(dir: &Path) -> anyhow::Result<Config> {
+    Config::load(&dir.join(CONFIG_FILE), &[])
+}
+
+pub fn read_labels(dir: &Path) -> anyhow::Result<Labels> {
+    let path = dir.join(LABELS_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Labels::new(text.lines().map(str::to_string).collect()))
+}
+
+/// Appends one JSON line per record to `metrics.jsonl`.
+pub struct MetricsLog {
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// Opens the log, dropping records past `keep_until_step` (a resumed run rewrites them).
+    pub fn open(dir: &Path, keep_until_step: Option<u64>) -> anyhow::Result<Self> {
+        let path = dir.join(METRICS_FILE);
+        if let Some(step) = keep_until_step {
+            let old = std::fs::read_to_string(&path).unwrap_or_default();
+            let kept: String = old
+                .lines()
+                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            write_atomic(&path, |w| w.write_all(kept.as_bytes()))?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(MetricsLog { file })
+    }
+
+    pub fn write(&mut self, record: &impl Serialize) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        self.file.write_all(&line).context("writing metrics.jsonl")
+    }
+}

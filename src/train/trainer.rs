@@ -1,0 +1,590 @@
+//! The training loop: bag forward (host) → Burn head → loss → Burn Adam on the
+//! head and a sparse step on the table. Generic over the head's backend, so the
+//! dense part can run on the CPU or a GPU while the table stays in host memory.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use burn::module::AutodiffModule;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, Checkpoint, TrainerState};
+use super::eval::{evaluate, EvalMetrics};
+use super::prepare::{prepare, Prepared};
+use super::run_dir::{self, MetricsLog};
+use super::schedule::lr_factor;
+use crate::config::Config;
+use crate::data::{Batch, BatchIter};
+use crate::device::{DenseDevice, TABLE_DEVICE};
+use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Head, HeadConfig, HeadWeights, SparseGrad};
+use crate::optim::TableOptimizer;
+use crate::summary::{GraphSpec, HParamValue, RunSummary};
+use crate::sys;
+
+/// Set by Ctrl-C: the loop checkpoints, flushes TensorBoard and returns.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Makes Ctrl-C stop training gracefully (a second Ctrl-C exits at once).
+pub fn install_ctrl_c_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: writing a final checkpoint (Ctrl-C again to abort)");
+    });
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    /// Continue the run in this directory from its latest checkpoint.
+    pub resume: Option<PathBuf>,
+    /// Use exactly this run directory (A/B comparisons choose their own layout).
+    pub run_dir: Option<PathBuf>,
+}
+
+/// Mean milliseconds per step of each phase.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTimings {
+    pub data_ms: f64,
+    pub bag_forward_ms: f64,
+    pub head_forward_ms: f64,
+    pub head_backward_ms: f64,
+    pub bag_backward_ms: f64,
+    pub table_optimizer_ms: f64,
+    pub head_optimizer_ms: f64,
+}
+
+impl StepTimings {
+    fn total_ms(&self) -> f64 {
+        self.data_ms + self.bag_forward_ms + self.head_forward_ms + self.head_backward_ms + self.bag_backward_ms + self.table_optimizer_ms + self.head_optimizer_ms
+    }
+}
+
+/// What a finished run reports (also saved as `summary.json` in the run directory).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunOutcome {
+    pub run_dir: PathBuf,
+    pub table_optimizer: String,
+    pub steps: u64,
+    pub final_eval: EvalMetrics,
+    pub best_eval: EvalMetrics,
+    pub train_seconds: f64,
+    pub examples_per_second: f64,
+    pub tokens_per_second: f64,
+    pub step_timings: StepTimings,
+    pub mean_rows_touched: f64,
+    pub table_rows: usize,
+    pub table_bytes: u64,
+    pub optimizer_state_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub interrupted: bool,
+}
+
+type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+#[cfg(feature = "cuda")]
+type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda>;
+
+/// Trains the experiment described by `config` (or resumes one) and returns its outcome.
+pub fn train(config: &Config, options: &TrainOptions) -> anyhow::Result<RunOutcome> {
+    let dense = crate::device::parse_dense_device(&config.placement.dense).map_err(anyhow::Error::msg)?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(config.train.threads).build().context("building the thread pool")?;
+    pool.install(|| match dense {
+        DenseDevice::Cpu => run::<CpuBackend>(config, options, Default::default(), dense),
+        #[cfg(feature = "cuda")]
+        DenseDevice::Cuda(n) => run::<CudaBackend>(config, options, burn::backend::cuda::CudaDevice::new(n), dense),
+        #[cfg(not(feature = "cuda"))]
+        DenseDevice::Cuda(_) => unreachable!("parse_dense_device rejects cuda without the feature"),
+    })
+}
+
+/// Refuses to allocate a table and optimizer state that would not fit.
+fn check_memory(config: &Config, rows: usize) -> anyhow::Result<(u64, u64)> {
+    let table = rows as u64 * config.model.dim as u64 * 4;
+    let state = config.optimizer.table.state_bytes(rows, config.model.dim);
+    let need = table + state;
+    let describe = || {
+        format!(
+            "the table ({rows} rows = vocabulary + vocab.buckets, × model.dim {}) needs {:.2} GB plus {:.2} GB of {} state = {:.2} GB",
+            config.model.dim,
+            sys::gb(table),
+            sys::gb(state),
+            config.optimizer.table.kind.name(),
+            sys::gb(need)
+        )
+    };
+    if let Some(max) = config.memory.host_max_gb {
+        if sys::gb(need) > max {
+            bail!("{}, over memory.host_max_gb = {max}; lower vocab.buckets or model.dim", describe());
+        }
+    }
+    if let Some(avail) = sys::available_memory_bytes() {
+        if need > avail {
+            bail!("{}, but only {:.2} GB of memory is available; lower vocab.buckets or model.dim", describe(), sys::gb(avail));
+        }
+    }
+    Ok((table, state))
+}
+
+fn head_optimizer_config(config: &Config) -> AdamConfig {
+    let h = &config.optimizer.head;
+    let adam = AdamConfig::new().with_beta_1(h.beta1 as f32).with_beta_2(h.beta2 as f32).with_epsilon(h.epsilon as f32);
+    if h.weight_decay > 0.0 { adam.with_weight_decay(Some(WeightDecayConfig::new(h.weight_decay as f32))) } else { adam }
+}
+
+fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
+    NamedMpkBytesRecorder::new()
+}
+
+fn progress_bar(quiet: bool, total: u64) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("valid template").progress_chars("=> "));
+    bar
+}
+
+/// Everything a running experiment holds.
+struct Run<B: AutodiffBackend> {
+    config: Config,
+    dir: PathBuf,
+    device: B::Device,
+    data: Prepared,
+    table: EmbeddingTable,
+    head: Head<B>,
+    table_optimizer: Box<dyn TableOptimizer>,
+    head_optimizer: OptimizerAdaptor<Adam, Head<B>, B>,
+    state: TrainerState,
+    summary: Option<RunSummary>,
+    metrics: MetricsLog,
+    best: Option<EvalMetrics>,
+    timings: StepTimings,
+    rows_touched: u64,
+    tokens: u64,
+    examples: u64,
+    steps_this_session: u64,
+}
+
+fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::Device, dense: DenseDevice) -> anyhow::Result<RunOutcome> {
+    let log = !config.logging.quiet;
+    let (config, dir, checkpoint) = match &options.resume {
+        Some(dir) => {
+            let ckpt = Checkpoint::open(&checkpoint::latest(dir)?)?;
+            (run_dir::read_config(dir)?, dir.clone(), Some(ckpt))
+        }
+        None => (config.clone(), match &options.run_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+                d.clone()
+            }
+            None => run_dir::create(config)?,
+        }, None),
+    };
+    let data = prepare(&config)?;
+    if log {
+        let s = &data.train.stats;
+        eprintln!(
+            "data: {} train / {} test examples, {} labels, vocabulary {} + {} buckets = {} rows",
+            data.train.len(),
+            data.test.len(),
+            data.labels.len(),
+            data.featurizer.vocab().len(),
+            config.vocab.buckets,
+            data.featurizer.rows()
+        );
+        if s.bad > 0 {
+            let sample: Vec<String> = s.bad_samples.iter().map(|(l, r)| format!("line {l}: {r}")).collect();
+            eprintln!("data: skipped {} bad lines in {} ({})", s.bad, config.data.train.display(), sample.join("; "));
+        }
+        if data.test.unknown_labels > 0 {
+            eprintln!("data: {} test examples have labels never seen in training (counted as errors)", data.test.unknown_labels);
+        }
+    }
+    run_dir::write_run_files(&dir, &config, &data.labels, data.featurizer.vocab())?;
+
+    let rows = data.featurizer.rows();
+    let dim = config.model.dim;
+    check_memory(&config, rows)?;
+    let head_config = HeadConfig { input: dim, hidden: config.model.hidden.clone(), classes: data.labels.len() };
+    let mut table_optimizer = config.optimizer.table.init(rows, dim);
+    let mut head_optimizer = head_optimizer_config(&config).init::<B, Head<B>>();
+    let (table, head_weights, state) = match &checkpoint {
+        Some(ckpt) => {
+            let (table, head) = ckpt.model()?;
+            if table.rows() != rows || table.dim() != dim {
+                bail!("{}: checkpoint table is {}×{}, the data and config give {rows}×{dim}", ckpt.dir.display(), table.rows(), table.dim());
+            }
+            ckpt.load_table_optimizer(table_optimizer.as_mut())?;
+            let record = recorder().load(ckpt.head_optimizer_record()?, &device).with_context(|| format!("{}: head optimizer state", ckpt.dir.display()))?;
+            head_optimizer = head_optimizer.load_record(record);
+            (table, head, ckpt.state.clone())
+        }
+        None => {
+            let seed = config.experiment.seed;
+            (EmbeddingTable::new(rows, dim, config.model.init, seed), head_config.init_weights(seed), TrainerState::default())
+        }
+    };
+    let head = Head::<B>::from_weights(&head_weights, &device);
+    let metrics = MetricsLog::open(&dir, checkpoint.as_ref().map(|c| c.state.step))?;
+    let summary = if config.logging.tensorboard { Some(RunSummary::create(&dir)?) } else { None };
+
+    let mut run = Run {
+        config,
+        dir,
+        device,
+        data,
+        table,
+        head,
+        table_optimizer,
+        head_optimizer,
+        state,
+        summary,
+        metrics,
+        best: None,
+        timings: StepTimings::default(),
+        rows_touched: 0,
+        tokens: 0,
+        examples: 0,
+        steps_this_session: 0,
+    };
+    run.write_static_summaries(dense);
+    let result = run.train_loop();
+    // Close TensorBoard on every path (tensorboard-rs completes its file only on drop).
+    let summary = run.summary.take();
+    let outcome = result.and_then(|interrupted| run.finish(interrupted));
+    if let Some(s) = summary {
+        s.close();
+    }
+    outcome
+}
+
+impl<B: AutodiffBackend> Run<B> {
+    fn total_steps(&self) -> u64 {
+        let per_epoch = BatchIter::batches_per_epoch(self.data.train.len(), self.config.train.batch_size) as u64;
+        let all = per_epoch * self.config.train.epochs as u64;
+        match self.config.train.max_steps {
+            0 => all,
+            m if self.config.train.epochs == 0 => m,
+            m => m.min(all),
+        }
+    }
+
+    fn graph_spec(&self, dense: DenseDevice) -> GraphSpec {
+        GraphSpec {
+            table_rows: self.table.rows() as u64,
+            dim: self.table.dim(),
+            pooling: self.config.model.pooling.name().into(),
+            table_device: TABLE_DEVICE.into(),
+            dense_device: dense.tf_name(),
+            head_layers: self.head.layer_shapes(),
+            num_labels: self.data.labels.len(),
+            table_optimizer: self.table_optimizer.name().into(),
+            head_optimizer: "adam".into(),
+            batch_size: None,
+        }
+    }
+
+    /// Graph, hparams and config: written once per run, never per step.
+    fn write_static_summaries(&mut self, dense: DenseDevice) {
+        let spec = self.graph_spec(dense);
+        if self.config.logging.log_device_placement {
+            eprintln!("device placement:");
+            eprintln!("  embedding/table [{}, {}] (+ {} state): {}", spec.table_rows, spec.dim, spec.table_optimizer, spec.table_device);
+            eprintln!("  embedding/bag_pool ({}) and its sparse backward: {}", spec.pooling, spec.table_device);
+            for (i, (a, b)) in spec.head_layers.iter().enumerate() {
+                eprintln!("  head/linear_{i} weight [{a}, {b}], bias [{b}]: {}", spec.dense_device);
+            }
+            eprintln!("  loss/softmax_cross_entropy, optimizer/adam: {}", spec.dense_device);
+        }
+        let c = &self.config;
+        let t = &c.optimizer.table;
+        let hparams: Vec<(String, HParamValue)> = vec![
+            ("arm".into(), HParamValue::Str(c.experiment.arm.clone())),
+            ("optimizer".into(), HParamValue::Str(t.kind.name().into())),
+            ("lr".into(), HParamValue::Num(t.lr)),
+            ("head_lr".into(), HParamValue::Num(c.optimizer.head.lr)),
+            ("bias_correction".into(), HParamValue::Str(format!("{:?}", t.bias_correction).to_lowercase())),
+            ("weight_decay".into(), HParamValue::Num(t.weight_decay)),
+            ("epsilon".into(), HParamValue::Num(t.epsilon)),
+            ("dim".into(), HParamValue::Num(c.model.dim as f64)),
+            ("buckets".into(), HParamValue::Num(c.vocab.buckets as f64)),
+            ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
+            ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
+            ("batch_size".into(), HParamValue::Num(c.train.batch_size as f64)),
+            ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
+        ];
+        let config_text = format!("```toml\n{}\n```", c.to_toml());
+        if let Some(s) = &mut self.summary {
+            s.graph(&spec);
+            s.hparams(&hparams, &["eval/accuracy", "eval/loss", "eval/top_k_accuracy"]);
+            s.text("config", &config_text, self.state.step);
+        }
+    }
+
+    /// Returns whether the run was interrupted by Ctrl-C.
+    fn train_loop(&mut self) -> anyhow::Result<bool> {
+        let total = self.total_steps();
+        let bar = progress_bar(self.config.logging.quiet, total);
+        bar.set_position(self.state.step);
+        let loss_fn = CrossEntropyLossConfig::new().init::<B>(&self.device);
+        let dim = self.table.dim();
+        let mut grad = SparseGrad::new(dim);
+        let mut pooled = Vec::new();
+        let mut session_start = Instant::now();
+        let seconds_before = self.state.train_seconds;
+        let bs = self.config.train.batch_size;
+        while self.state.step < total {
+            let epoch = self.state.epoch;
+            let mut batches = BatchIter::new(self.data.train.clone(), bs, self.config.experiment.seed, epoch, self.state.batch_in_epoch as usize);
+            loop {
+                if self.state.step >= total {
+                    break;
+                }
+                let t0 = Instant::now();
+                let Some(batch) = batches.next() else { break };
+                let t_data = t0.elapsed();
+                let lr = lr_factor(self.config.train.schedule, self.config.train.warmup_steps, self.state.step, total);
+                let (loss, accuracy) = self.step(&batch, &loss_fn, &mut pooled, &mut grad, lr)?;
+                self.timings.data_ms += t_data.as_secs_f64() * 1e3;
+                self.state.step += 1;
+                self.state.batch_in_epoch += 1;
+                self.steps_this_session += 1;
+                self.rows_touched += grad.len() as u64;
+                self.tokens += batch.ids.len() as u64;
+                self.examples += batch.len() as u64;
+                self.state.train_seconds = seconds_before + session_start.elapsed().as_secs_f64();
+                self.log_step(&batch, &grad, loss, accuracy, lr, &bar)?;
+
+                let step = self.state.step;
+                if self.config.train.eval_every > 0 && step % self.config.train.eval_every == 0 && step < total {
+                    let paused = Instant::now();
+                    self.eval_and_log(&bar)?;
+                    session_start += paused.elapsed(); // evaluation is not training time
+                }
+                if self.config.checkpoint.every > 0 && step % self.config.checkpoint.every == 0 {
+                    let paused = Instant::now();
+                    self.checkpoint()?;
+                    session_start += paused.elapsed();
+                }
+                if STOP.load(Ordering::SeqCst) {
+                    bar.abandon_with_message("interrupted");
+                    return Ok(true);
+                }
+            }
+            if self.state.step < total || self.state.batch_in_epoch as usize >= BatchIter::batches_per_epoch(self.data.train.len(), bs) {
+                self.state.epoch += 1;
+                self.state.batch_in_epoch = 0;
+                let paused = Instant::now();
+                self.eval_and_log(&bar)?;
+                session_start += paused.elapsed();
+            }
+        }
+        bar.finish_and_clear();
+        Ok(false)
+    }
+
+    /// One optimisation step; returns the batch's mean loss and accuracy.
+    fn step(
+        &mut self,
+        batch: &Batch,
+        loss_fn: &burn::nn::loss::CrossEntropyLoss<B>,
+        pooled: &mut Vec<f32>,
+        grad: &mut SparseGrad,
+        lr: f64,
+    ) -> anyhow::Result<(f32, f32)> {
+        let (n, dim) = (batch.len(), self.table.dim());
+        let pooling = self.config.model.pooling;
+        let bags = Bags::new(&batch.ids, &batch.offsets);
+        let mut clock = Instant::now();
+        let mut lap = |slot: &mut f64| {
+            *slot += clock.elapsed().as_secs_f64() * 1e3;
+            clock = Instant::now();
+        };
+
+        pooled.resize(n * dim, 0.0);
+        bag_forward(self.table.as_slice(), dim, bags, pooling, pooled);
+        lap(&mut self.timings.bag_forward_ms);
+
+        let x = Tensor::<B, 2>::from_data(TensorData::new(pooled.clone(), [n, dim]), &self.device).require_grad();
+        let logits = self.head.forward(x.clone());
+        let targets: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &self.device);
+        let loss = loss_fn.forward(logits.clone(), targets);
+        let loss_value: f32 = loss.clone().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+        let predicted = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
+        let correct = predicted.iter().zip(&batch.labels).filter(|(p, l)| **p == **l as i64).count();
+        lap(&mut self.timings.head_forward_ms);
+        if !loss_value.is_finite() {
+            bail!(
+                "loss became {loss_value} at step {} (epoch {}); stopping. The last good checkpoint is in {}",
+                self.state.step + 1,
+                self.state.epoch,
+                checkpoint::checkpoints_dir(&self.dir).display()
+            );
+        }
+
+        let mut grads = loss.backward();
+        let d_pooled = x.grad_remove(&mut grads).context("no gradient reached the pooled input")?;
+        let d_pooled = d_pooled.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let head_grads = GradientsParams::from_grads(grads, &self.head);
+        lap(&mut self.timings.head_backward_ms);
+
+        bag_backward(bags, pooling, &d_pooled, grad);
+        lap(&mut self.timings.bag_backward_ms);
+
+        let table_lr = (self.config.optimizer.table.lr * lr) as f32;
+        self.table_optimizer.step(&mut self.table, grad, table_lr);
+        lap(&mut self.timings.table_optimizer_ms);
+
+        let head = std::mem::replace(&mut self.head, Head::from_weights(&HeadWeights { layers: Vec::new() }, &self.device));
+        self.head = self.head_optimizer.step(self.config.optimizer.head.lr * lr, head, head_grads);
+        lap(&mut self.timings.head_optimizer_ms);
+        Ok((loss_value, correct as f32 / n as f32))
+    }
+
+    fn log_step(&mut self, batch: &Batch, grad: &SparseGrad, loss: f32, accuracy: f32, lr: f64, bar: &ProgressBar) -> anyhow::Result<()> {
+        let step = self.state.step;
+        let eps = self.examples as f64 / self.state.train_seconds.max(1e-9);
+        bar.set_position(step);
+        bar.set_message(format!("epoch {} loss {loss:.4} {eps:.0} ex/s", self.state.epoch + 1));
+        let every = self.config.logging.scalar_every.max(1);
+        if step % every != 0 {
+            return Ok(());
+        }
+        let lr_table = self.config.optimizer.table.lr * lr;
+        let lr_head = self.config.optimizer.head.lr * lr;
+        let unique_ratio = grad.len() as f64 / batch.ids.len().max(1) as f64;
+        self.metrics.write(&serde_json::json!({
+            "kind": "train", "step": step, "epoch": self.state.epoch, "loss": loss, "accuracy": accuracy,
+            "lr_table": lr_table, "lr_head": lr_head, "examples_per_second": eps,
+            "rows_touched": grad.len(), "unique_ratio": unique_ratio, "train_seconds": self.state.train_seconds,
+        }))?;
+        let Some(s) = &mut self.summary else { return Ok(()) };
+        let n = self.steps_this_session.max(1) as f64;
+        let t = &self.timings;
+        for (tag, v) in [
+            ("train/loss", loss as f64),
+            ("train/accuracy", accuracy as f64),
+            ("train/lr_table", lr_table),
+            ("train/lr_head", lr_head),
+            ("perf/examples_per_second", eps),
+            ("perf/rows_touched", grad.len() as f64),
+            ("perf/unique_id_ratio", unique_ratio),
+            ("perf/table_bytes", self.table.bytes() as f64),
+            ("perf/optimizer_state_bytes", self.table_optimizer.state_bytes() as f64),
+            ("time_ms/data", t.data_ms / n),
+            ("time_ms/bag_forward", t.bag_forward_ms / n),
+            ("time_ms/head_forward", t.head_forward_ms / n),
+            ("time_ms/head_backward", t.head_backward_ms / n),
+            ("time_ms/bag_backward", t.bag_backward_ms / n),
+            ("time_ms/table_optimizer", t.table_optimizer_ms / n),
+            ("time_ms/head_optimizer", t.head_optimizer_ms / n),
+        ] {
+            s.scalar(tag, v as f32, step);
+        }
+        let hist_every = self.config.logging.histogram_every;
+        if hist_every > 0 && step % hist_every == 0 {
+            let dim = self.table.dim();
+            let row_norms: Vec<f32> = grad.rows().iter().map(|&r| self.table.row(r as usize).iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+            let grad_norms: Vec<f32> = grad.values().chunks(dim).map(|g| g.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+            s.histogram("embedding/touched_row_norms", &row_norms, step);
+            s.histogram("embedding/grad_row_norms", &grad_norms, step);
+            for (i, l) in self.head.weights().layers.iter().enumerate() {
+                s.histogram(&format!("head/linear_{i}/weight"), &l.weight, step);
+                s.histogram(&format!("head/linear_{i}/bias"), &l.bias, step);
+            }
+        }
+        Ok(())
+    }
+
+    fn eval_and_log(&mut self, bar: &ProgressBar) -> anyhow::Result<EvalMetrics> {
+        let head = self.head.weights();
+        let m = evaluate(&self.table, &head, self.config.model.pooling, &self.data.test, self.config.train.top_k);
+        let step = self.state.step;
+        self.metrics.write(&serde_json::json!({
+            "kind": "eval", "step": step, "epoch": self.state.epoch, "loss": m.loss, "accuracy": m.accuracy,
+            "top_k_accuracy": m.top_k_accuracy, "k": m.k, "train_seconds": self.state.train_seconds,
+        }))?;
+        if let Some(s) = &mut self.summary {
+            s.scalar("eval/loss", m.loss as f32, step);
+            s.scalar("eval/accuracy", m.accuracy as f32, step);
+            s.scalar("eval/top_k_accuracy", m.top_k_accuracy as f32, step);
+            s.flush();
+        }
+        bar.println(format!("step {step}: eval loss {:.4} accuracy {:.4} top-{} {:.4}", m.loss, m.accuracy, m.k, m.top_k_accuracy));
+        if self.best.as_ref().is_none_or(|b| m.accuracy > b.accuracy) {
+            self.best = Some(m.clone());
+        }
+        Ok(m)
+    }
+
+    fn checkpoint(&mut self) -> anyhow::Result<PathBuf> {
+        let record = recorder().record(self.head_optimizer.to_record(), ()).context("serialising the head optimizer")?;
+        checkpoint::save(&self.dir, &self.state, &self.table, &self.head.weights(), self.table_optimizer.as_ref(), &record, self.config.checkpoint.keep)
+    }
+
+    fn finish(&mut self, interrupted: bool) -> anyhow::Result<RunOutcome> {
+        let ckpt = self.checkpoint()?;
+        let head = self.head.valid().weights();
+        let final_eval = evaluate(&self.table, &head, self.config.model.pooling, &self.data.test, self.config.train.top_k);
+        let n = self.steps_this_session.max(1) as f64;
+        let t = &self.timings;
+        let timings = StepTimings {
+            data_ms: t.data_ms / n,
+            bag_forward_ms: t.bag_forward_ms / n,
+            head_forward_ms: t.head_forward_ms / n,
+            head_backward_ms: t.head_backward_ms / n,
+            bag_backward_ms: t.bag_backward_ms / n,
+            table_optimizer_ms: t.table_optimizer_ms / n,
+            head_optimizer_ms: t.head_optimizer_ms / n,
+        };
+        let step_seconds = timings.total_ms() / 1e3;
+        let per_step = |x: u64| x as f64 / n;
+        let outcome = RunOutcome {
+            run_dir: self.dir.clone(),
+            table_optimizer: self.table_optimizer.name().into(),
+            steps: self.state.step,
+            best_eval: self.best.clone().unwrap_or_else(|| final_eval.clone()),
+            final_eval,
+            train_seconds: self.state.train_seconds,
+            examples_per_second: per_step(self.examples) / step_seconds.max(1e-12),
+            tokens_per_second: per_step(self.tokens) / step_seconds.max(1e-12),
+            step_timings: timings,
+            mean_rows_touched: per_step(self.rows_touched),
+            table_rows: self.table.rows(),
+            table_bytes: self.table.bytes() as u64,
+            optimizer_state_bytes: self.table_optimizer.state_bytes() as u64,
+            peak_rss_bytes: sys::peak_rss_bytes().unwrap_or(0),
+            interrupted,
+        };
+        crate::io::write_atomic(&self.dir.join("summary.json"), |w| serde_json::to_writer_pretty(w, &outcome).map_err(std::io::Error::other))?;
+        if self.summary.is_some() {
+            self.write_projector(&head)?;
+        }
+        if !self.config.logging.quiet {
+            eprintln!("checkpoint: {}", ckpt.display());
+        }
+        Ok(outcome)
+    }
+
+    fn write_projector(&self, _head: &HeadWeights) -> anyhow::Result<()> {
+        let n = self.config.logging.projector_words.min(self.data.featurizer.vocab().len());
+        if n == 0 {
+            return Ok(());
+        }
+        let words = &self.data.featurizer.vocab().words()[..n];
+        let dim = self.table.dim();
+        crate::summary::write_projector(&self.dir, words, &self.table.as_slice()[..n * dim], dim)
+    }
+}
+
