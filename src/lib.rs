@@ -3,12 +3,16 @@
 //! Data flows one way: `config` → `data` → `model` → `optim` → `train` →
 //! `summary` → `export` → `serve`. The `sparseburn` binary is a thin CLI over this library.
 
+pub mod bench;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod export;
 pub mod io;
 pub mod model;
 pub mod optim;
+pub mod serve;
 pub mod summary;
 pub mod sys;
 pub mod train;

@@ -30,6 +30,16 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         run_dir: Option<PathBuf>,
     },
+    /// Run A/B arms × seeds and write a side-by-side report.
+    Compare(sparseburn::compare::CompareArgs),
+    /// Export a trained run as a self-contained model bundle.
+    Export(sparseburn::export::ExportArgs),
+    /// Fast-predict loop: one JSON result per input line on stdin.
+    Predict(sparseburn::serve::PredictArgs),
+    /// Serve a model over TF Serving-compatible REST, hot-reloading new versions.
+    Serve(sparseburn::serve::ServeArgs),
+    /// Benchmarks: optimizer step, end-to-end training, prediction.
+    Bench(sparseburn::bench::BenchArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -53,6 +63,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Compare(args) => sparseburn::compare::run(args),
+        Command::Export(args) => sparseburn::export::run(args),
+        Command::Predict(args) => sparseburn::serve::predict(args),
+        Command::Serve(args) => sparseburn::serve::serve(args),
+        Command::Bench(args) => sparseburn::bench::run(args),
     }
 }
 
