@@ -1,7 +1,8 @@
 //! TensorBoard output, read back with an independent TFRecord reader.
 //!
 //! `cargo test --release --test tensorboard -- --ignored demo_logdir` writes a
-//! two-run logdir to $SPARSEBURN_TB_DEMO_DIR for `.ci/check_tensorboard.py`.
+//! two-run logdir to $SPARSEBURN_TB_DEMO_DIR (default: $TMPDIR/sparseburn-tb-demo)
+//! for `.ci/check_tensorboard.py`.
 
 use protobuf::Message;
 use sparseburn::summary::{
@@ -643,8 +644,10 @@ fn unusable_run_dir_is_an_error() {
 #[test]
 #[ignore]
 fn demo_logdir() {
-    let root =
-        PathBuf::from(std::env::var("SPARSEBURN_TB_DEMO_DIR").expect("set SPARSEBURN_TB_DEMO_DIR"));
+    let root = std::env::var_os("SPARSEBURN_TB_DEMO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("sparseburn-tb-demo"));
+    println!("demo logdir: {}", root.display());
     for (name, optimizer, lr, device) in [
         ("a_lazy_adam", "lazy_adam", 0.003, "/device:GPU:0"),
         ("b_adam", "adam", 0.001, "/device:CPU:0"),
@@ -688,4 +691,42 @@ fn demo_logdir() {
         let words: Vec<String> = (0..50).map(|i| format!("word{i}")).collect();
         write_projector(&dir, &words, &noise(50 * 8, 11), 8).unwrap();
     }
+}
+
+/// A full disk (here: a 4 KiB file size limit) must not panic the trainer's
+/// hot path: the writer stops, the run goes on. Runs itself in a child process
+/// because the limit applies to the whole process.
+#[test]
+fn io_errors_never_panic() {
+    if let Ok(dir) = std::env::var("SPARSEBURN_TB_FULL_DISK_DIR") {
+        let mut summary = RunSummary::create(Path::new(&dir)).unwrap();
+        summary.hparams(&[("lr".into(), HParamValue::Num(0.1))], &["eval/loss"]);
+        for step in 0..20_000 {
+            summary.scalar("train/loss", step as f32, step);
+            summary.histogram("weights", &[1.0, 2.0, step as f32], step);
+        }
+        summary.graph(&spec("/device:CPU:0"));
+        summary.flush();
+        summary.close();
+        println!("child survived");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    // Ignored SIGXFSZ survives exec, so writes past the limit fail with EFBIG instead of killing.
+    let out = std::process::Command::new("bash")
+        .args(["-c", r#"ulimit -f 4 && trap '' XFSZ && exec "$0" --exact io_errors_never_panic --nocapture --test-threads 1"#])
+        .arg(&exe)
+        .env("SPARSEBURN_TB_FULL_DISK_DIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("child survived"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = &event_files(tmp.path())[0];
+    let len = std::fs::metadata(file).unwrap().len();
+    assert!(len > 0 && len <= 4096, "the limit was hit: {len} bytes");
 }
