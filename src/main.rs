@@ -51,7 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => anyhow::bail!("give a config file, or --resume RUN_DIR"),
             };
             train::install_ctrl_c_handler();
-            let outcome = train::train(&config, &TrainOptions { resume, run_dir })?;
+            let outcome = train::train(&config, &TrainOptions { resume, run_dir, ..Default::default() })?;
             let e = &outcome.final_eval;
             println!(
                 "final eval: accuracy {:.4}, top-{} {:.4}, loss {:.4} ({} examples, {} steps, {:.0} examples/s)",

@@ -50,6 +50,8 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Use exactly this run directory (A/B comparisons choose their own layout).
     pub run_dir: Option<PathBuf>,
+    /// Stop after this global step as if interrupted (checkpoint, then return): for tests and tools.
+    pub stop_after_step: Option<u64>,
 }
 
 /// Mean milliseconds per step of each phase.
@@ -258,12 +260,14 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         steps_this_session: 0,
     };
     run.write_static_summaries(dense);
-    let result = run.train_loop();
-    // Close TensorBoard on every path (tensorboard-rs completes its file only on drop).
-    let summary = run.summary.take();
-    let outcome = result.and_then(|interrupted| run.finish(interrupted));
-    if let Some(s) = summary {
-        s.close();
+    let outcome = run.train_loop(options.stop_after_step).and_then(|interrupted| run.finish(interrupted));
+    // Finish TensorBoard on every path (tensorboard-rs completes its file only when the
+    // writer is dropped): close marks the HParams session a success, a plain drop a failure.
+    if let Some(s) = run.summary.take() {
+        match &outcome {
+            Ok(_) => s.close(),
+            Err(_) => drop(s),
+        }
     }
     outcome
 }
@@ -332,7 +336,7 @@ impl<B: AutodiffBackend> Run<B> {
     }
 
     /// Returns whether the run was interrupted by Ctrl-C.
-    fn train_loop(&mut self) -> anyhow::Result<bool> {
+    fn train_loop(&mut self, stop_after_step: Option<u64>) -> anyhow::Result<bool> {
         let total = self.total_steps();
         let bar = progress_bar(self.config.logging.quiet, total);
         bar.set_position(self.state.step);
@@ -376,7 +380,7 @@ impl<B: AutodiffBackend> Run<B> {
                     self.checkpoint()?;
                     session_start += paused.elapsed();
                 }
-                if STOP.load(Ordering::SeqCst) {
+                if STOP.load(Ordering::SeqCst) || stop_after_step == Some(step) {
                     bar.abandon_with_message("interrupted");
                     return Ok(true);
                 }
@@ -521,7 +525,10 @@ impl<B: AutodiffBackend> Run<B> {
             s.scalar("eval/top_k_accuracy", m.top_k_accuracy as f32, step);
             s.flush();
         }
-        bar.println(format!("step {step}: eval loss {:.4} accuracy {:.4} top-{} {:.4}", m.loss, m.accuracy, m.k, m.top_k_accuracy));
+        if !self.config.logging.quiet {
+            // suspend (not println): println prints nothing when stderr is not a terminal.
+            bar.suspend(|| eprintln!("step {step}: eval loss {:.4} accuracy {:.4} top-{} {:.4}", m.loss, m.accuracy, m.k, m.top_k_accuracy));
+        }
         if self.best.as_ref().is_none_or(|b| m.accuracy > b.accuracy) {
             self.best = Some(m.clone());
         }
@@ -568,8 +575,8 @@ impl<B: AutodiffBackend> Run<B> {
             interrupted,
         };
         crate::io::write_atomic(&self.dir.join("summary.json"), |w| serde_json::to_writer_pretty(w, &outcome).map_err(std::io::Error::other))?;
-        if self.summary.is_some() {
-            self.write_projector(&head)?;
+        if self.config.logging.tensorboard {
+            self.write_projector()?;
         }
         if !self.config.logging.quiet {
             eprintln!("checkpoint: {}", ckpt.display());
@@ -577,7 +584,7 @@ impl<B: AutodiffBackend> Run<B> {
         Ok(outcome)
     }
 
-    fn write_projector(&self, _head: &HeadWeights) -> anyhow::Result<()> {
+    fn write_projector(&self) -> anyhow::Result<()> {
         let n = self.config.logging.projector_words.min(self.data.featurizer.vocab().len());
         if n == 0 {
             return Ok(());

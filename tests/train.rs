@@ -1,0 +1,171 @@
+//! The trainer end to end: config parsing and its errors, accuracy on the
+//! bundled sample, bit-identical resume, and bad data lines.
+
+use std::path::{Path, PathBuf};
+
+use sparseburn::config::Config;
+use sparseburn::data::reader::read_examples;
+use sparseburn::data::DataFormat;
+use sparseburn::train::{self, TrainOptions};
+
+fn quickstart(extra: &[&str]) -> Config {
+    let mut overrides = vec!["logging.quiet=true".to_string(), "logging.tensorboard=false".to_string()];
+    overrides.extend(extra.iter().map(|s| s.to_string()));
+    Config::load(Path::new("configs/quickstart.toml"), &overrides).expect("quickstart config loads")
+}
+
+fn config_error(toml_text: &str, overrides: &[&str]) -> String {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    format!("{:#}", Config::from_toml(toml_text, "test.toml", None, &overrides).expect_err("config must be rejected"))
+}
+
+const MINIMAL: &str = "[data]\ntrain = \"examples/data/sotu_era_600.tsv\"\n";
+
+#[test]
+fn config_round_trips_through_toml() {
+    let c = quickstart(&[]);
+    let again = Config::from_toml(&c.to_toml(), "resolved.toml", None, &[]).unwrap();
+    assert_eq!(c, again);
+}
+
+#[test]
+fn overrides_are_typed_and_validated_like_the_file() {
+    let c = quickstart(&["optimizer.table.lr=0.25", "model.hidden=[16, 8]", "optimizer.table.kind=dense_adam"]);
+    assert_eq!(c.optimizer.table.lr, 0.25);
+    assert_eq!(c.model.hidden, vec![16, 8]);
+    assert_eq!(c.optimizer.table.kind.name(), "dense_adam");
+    let both = quickstart(&["optimizer.lr=0.003"]);
+    assert_eq!((both.optimizer.table.lr, both.optimizer.head.lr), (0.003, 0.003));
+    let e = config_error(MINIMAL, &["train.batch_size=lots"]);
+    assert!(e.contains("train.batch_size"), "{e}");
+}
+
+#[test]
+fn every_config_error_names_the_file_and_key() {
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        ("[model]\ndimension = 3\n", &[], &["test.toml", "model", "dimension"]),
+        ("[model]\ndim = \"big\"\n", &[], &["test.toml", "model.dim"]),
+        ("[data]\ntrain = \"no/such/file.tsv\"\n", &[], &["data.train", "no/such/file.tsv"]),
+        ("[train]\nbatch_size = 1\n", &[], &["data.train", "missing"]),
+        (MINIMAL, &["train.batch_size=0"], &["train.batch_size", "at least 1"]),
+        (MINIMAL, &["optimizer.table.lr=-0.1"], &["optimizer.table.lr", "positive"]),
+        (MINIMAL, &["optimizer.table.kind=\"adagrad\""], &["optimizer.table.kind", "adagrad"]),
+        (MINIMAL, &["placement.dense=\"tpu\""], &["placement.dense"]),
+        ("[model\n", &[], &["test.toml", "invalid TOML"]),
+    ];
+    for (text, overrides, needles) in cases {
+        let e = config_error(text, overrides);
+        for n in *needles {
+            assert!(e.contains(n), "error for {text:?} {overrides:?} should mention {n:?}: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_table_that_does_not_fit_is_refused_with_the_numbers() {
+    let c = quickstart(&["vocab.buckets=50000000", "memory.host_max_gb=1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let e = format!("{:#}", train::train(&c, &TrainOptions { run_dir: Some(dir.path().join("run")), ..Default::default() }).unwrap_err());
+    assert!(e.contains("vocab.buckets") && e.contains("memory.host_max_gb") && e.contains("GB"), "{e}");
+}
+
+#[test]
+fn quickstart_trains_well_above_the_majority_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = train::train(&quickstart(&[]), &TrainOptions { run_dir: Some(dir.path().join("run")), ..Default::default() }).unwrap();
+    // 5 balanced classes: majority 0.20; a linear SVM gets 0.65.
+    assert!(outcome.final_eval.accuracy >= 0.45, "accuracy {}", outcome.final_eval.accuracy);
+    assert_eq!(outcome.final_eval.examples, 120);
+    for f in ["config.toml", "labels.txt", "vocab.txt", "metrics.jsonl", "summary.json"] {
+        assert!(dir.path().join("run").join(f).is_file(), "{f} missing");
+    }
+    // The saved config is the resolved one and loads back to the same experiment.
+    let saved = train::run_dir::read_config(&dir.path().join("run")).unwrap();
+    assert_eq!(saved, quickstart(&[]));
+}
+
+/// Weights and table-optimizer state. (Burn's head-optimizer record serialises a HashMap, so its
+/// bytes vary run to run; equal head weights after resuming show its state was restored.)
+fn checkpoint_bytes(run: &Path) -> Vec<(String, Vec<u8>)> {
+    let dir = train::checkpoint::latest(run).unwrap();
+    ["model.safetensors", "table_optimizer.safetensors"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
+    for extra in [&["optimizer.table.kind=lazy_adam"][..], &["optimizer.table.kind=dense_adam", "optimizer.table.weight_decay=0.01", "train.schedule=linear"]] {
+        let mut args = vec!["train.epochs=3", "checkpoint.every=7", "optimizer.table.bias_correction=per_row", "model.hidden=[8]"];
+        args.extend_from_slice(extra);
+        let config = quickstart(&args);
+        let dir = tempfile::tempdir().unwrap();
+        let (whole, broken) = (dir.path().join("whole"), dir.path().join("broken"));
+        let full = train::train(&config, &TrainOptions { run_dir: Some(whole.clone()), ..Default::default() }).unwrap();
+        // Interrupt mid-epoch, between checkpoints, then resume from the run directory.
+        let stopped = train::train(&config, &TrainOptions { run_dir: Some(broken.clone()), stop_after_step: Some(23), ..Default::default() }).unwrap();
+        assert!(stopped.interrupted && stopped.steps == 23);
+        let resumed = train::train(&config, &TrainOptions { resume: Some(broken.clone()), ..Default::default() }).unwrap();
+        assert_eq!(resumed.steps, full.steps);
+        for ((name, a), (_, b)) in checkpoint_bytes(&whole).iter().zip(checkpoint_bytes(&broken)) {
+            assert!(*a == b, "{extra:?}: {name} differs between the uninterrupted and the resumed run");
+        }
+        assert_eq!(full.final_eval, resumed.final_eval);
+    }
+}
+
+#[test]
+fn same_seed_is_deterministic_and_other_seeds_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, seed: &str| {
+        let c = quickstart(&["train.epochs=2", seed]);
+        train::train(&c, &TrainOptions { run_dir: Some(dir.path().join(name)), ..Default::default() }).unwrap();
+        checkpoint_bytes(&dir.path().join(name))
+    };
+    let (a, b, c) = (run("a", "experiment.seed=5"), run("b", "experiment.seed=5"), run("c", "experiment.seed=6"));
+    assert!(a == b, "same seed must give identical checkpoints");
+    assert!(a[0] != c[0], "another seed must give other weights");
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn bad_data_lines_are_counted_with_line_numbers_or_rejected_when_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = b"a\tgood text one\nno tab here\nb\t   \n\n\tmissing label\nc\t\xff\xfe broken utf8\nb\tgood text two\n";
+    let path = write(dir.path(), "train.tsv", data);
+    let mut good = Vec::new();
+    let stats = read_examples(&path, DataFormat::Tsv, false, |e| good.push(e.label)).unwrap();
+    assert_eq!(good, ["a", "b"]);
+    assert_eq!((stats.lines, stats.examples, stats.bad), (7, 2, 4));
+    let lines: Vec<u64> = stats.bad_samples.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lines, [2, 3, 5, 6]);
+    let e = format!("{:#}", read_examples(&path, DataFormat::Tsv, true, |_| {}).unwrap_err());
+    assert!(e.contains("train.tsv:2") && e.contains("no TAB"), "{e}");
+
+    // Through the trainer: a file with only bad lines is a clear error.
+    let only_bad = write(dir.path(), "bad.tsv", b"nothing\nuseful\n");
+    let mut c = quickstart(&[]);
+    c.data.train = only_bad;
+    let e = format!("{:#}", train::train(&c, &TrainOptions { run_dir: Some(dir.path().join("r")), ..Default::default() }).unwrap_err());
+    assert!(e.contains("bad.tsv") && e.contains("no usable examples"), "{e}");
+}
+
+#[test]
+fn test_labels_never_seen_in_training_count_as_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_file = write(dir.path(), "train.tsv", b"x\talpha beta\ny\tgamma delta\nx\talpha alpha\ny\tdelta gamma\n");
+    let test_file = write(dir.path(), "test.tsv", b"x\talpha beta\nz\tnever seen label\n");
+    let mut c = quickstart(&["train.epochs=50", "train.batch_size=2", "train.top_k=1"]);
+    c.data.train = train_file;
+    c.data.test = Some(test_file);
+    let out = train::train(&c, &TrainOptions { run_dir: Some(dir.path().join("r")), ..Default::default() }).unwrap();
+    assert_eq!(out.final_eval.unknown_labels, 1);
+    assert_eq!(out.final_eval.examples, 2);
+    assert!(out.final_eval.accuracy <= 0.5, "the unseen label can never be right");
+}
