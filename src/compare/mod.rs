@@ -1,15 +1,235 @@
-//! A/B optimizer comparisons (owned by the compare helper; stub until then).
+//! A/B optimizer comparisons: arms × seeds on identical data order, then a
+//! report with statistics and plots.
+//!
+//! `sparseburn compare configs/lazy_vs_dense.toml` reads a compare config
+//! ([`spec`]), trains every arm for every seed into
+//! `<logging.dir>/<compare.name>/<arm>/seed-<k>/` (each run in its own child
+//! process by default, see [`runner`]), and writes `report.md`, `report.json`,
+//! `report.csv` and the plots (`*.svg`, `*.png`) beside them.
+//!
+//! Within one seed every arm sees the same batches in the same order and
+//! starts from the same weights: the batch order depends only on
+//! `(experiment.seed, epoch)` and the initial weights only on
+//! `experiment.seed`, and arms may differ only in `optimizer.*`. The report
+//! checks it from the runs' own metrics (see [`report::SeedCheck`]).
+
+pub mod plot;
+pub mod report;
+pub mod runner;
+pub mod spec;
+pub mod stats;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use anyhow::Context;
+
+pub use report::Report;
+pub use runner::{RunResult, Runner};
+pub use spec::{plan, Arm, Plan};
 
 /// `sparseburn compare configs/lazy_vs_dense.toml`
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
+    /// Compare config, e.g. configs/lazy_vs_dense.toml.
     pub config: PathBuf,
+    /// Override a key for every arm (e.g. --set train.epochs=2), or of the
+    /// compare section (e.g. --set compare.seeds=[1,2]); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Runs at a time. More than 1 makes runs share the CPU, so their timings
+    /// are no longer those of a lone run.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+    /// Train every run inside this process instead of one child process per
+    /// run (peak RSS is then process-wide, and a crash ends the comparison).
+    #[arg(long)]
+    pub in_process: bool,
+    /// Keep a finished run whose saved config equals the planned one instead
+    /// of training it again (e.g. to redo the report, or after an interruption).
+    #[arg(long)]
+    pub reuse: bool,
+    /// Check the config and print the runs it would make; train nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Exit with success even when some runs failed (they are reported either way).
+    #[arg(long)]
+    pub allow_failures: bool,
+    /// The sparseburn binary that trains each run (default: this one).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub exe: Option<PathBuf>,
 }
 
-pub fn run(_args: CompareArgs) -> anyhow::Result<()> {
-    anyhow::bail!("compare is not implemented yet")
+/// How [`execute`] runs the plan.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub runner: Runner,
+    pub jobs: usize,
+    pub reuse: bool,
+    /// The command line, for the report.
+    pub command: String,
+    /// Print a line per finished run to stderr.
+    pub progress: bool,
+}
+
+/// Set by Ctrl-C: no new run starts; the report covers what finished.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Trains every run of `plan`, then writes the report and plots into `plan.dir`.
+pub fn execute(plan: &Plan, options: &Options) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(&plan.dir).with_context(|| format!("cannot create {} (set logging.dir)", plan.dir.display()))?;
+    let spec_copy = format!("# {}\n# copied from {}\n{}", options.command, plan.source.display(), std::fs::read_to_string(&plan.source).unwrap_or_default());
+    crate::io::write_atomic(&plan.dir.join("compare.toml"), |w| std::io::Write::write_all(w, spec_copy.as_bytes()))?;
+
+    // Seed-major order: all arms of seed 1, then of seed 2, … so that a slow
+    // drift of the machine affects every arm alike.
+    let jobs: Vec<(usize, usize)> = (0..plan.seeds.len()).flat_map(|s| (0..plan.arms.len()).map(move |a| (a, s))).collect();
+    let results: Mutex<Vec<Option<RunResult>>> = Mutex::new(vec![None; jobs.len()]);
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let workers = options.jobs.clamp(1, jobs.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= jobs.len() || STOP.load(Ordering::SeqCst) {
+                    return;
+                }
+                let (a, s) = jobs[i];
+                let arm = &plan.arms[a];
+                let seed = plan.seeds[s];
+                let result = runner::run_one(&options.runner, &arm.name, &arm.configs[s], &plan.run_dir(&arm.name, seed), options.reuse);
+                if result.outcome.as_ref().err().is_some_and(|e| e.starts_with("interrupted")) {
+                    STOP.store(true, Ordering::SeqCst);
+                }
+                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+                if options.progress {
+                    let what = match &result.outcome {
+                        Ok(o) => format!(
+                            "final accuracy {:.4}, loss {:.4}, {} steps, {:.1} s{}",
+                            o.final_eval.accuracy,
+                            o.final_eval.loss,
+                            o.steps,
+                            result.wall_seconds,
+                            if result.reused { " (reused)" } else { "" }
+                        ),
+                        Err(e) => format!("FAILED: {e}"),
+                    };
+                    eprintln!("[{n}/{}] {} seed {seed}: {what}", jobs.len(), arm.name);
+                }
+                results.lock().unwrap()[i] = Some(result);
+            });
+        }
+    });
+    let interrupted = STOP.load(Ordering::SeqCst);
+    let results: Vec<RunResult> = results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .zip(&jobs)
+        .map(|(r, &(a, s))| {
+            r.unwrap_or_else(|| {
+                let arm = &plan.arms[a].name;
+                let seed = plan.seeds[s];
+                RunResult {
+                    arm: arm.clone(),
+                    seed,
+                    dir: plan.run_dir(arm, seed),
+                    outcome: Err("not run: the comparison was interrupted".into()),
+                    wall_seconds: f64::NAN,
+                    reused: false,
+                    evals: Vec::new(),
+                    train: Vec::new(),
+                }
+            })
+        })
+        .collect();
+    let ctx = report::Context {
+        command: options.command.clone(),
+        runner: match options.runner {
+            Runner::Subprocess { .. } => "subprocess".into(),
+            Runner::InProcess => "in-process".into(),
+        },
+        jobs: workers,
+        interrupted,
+    };
+    let report = report::build(plan, &results, &ctx);
+    let plots = match plot::write(&report, &plan.dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("warning: plots not written: {e:#}");
+            Vec::new()
+        }
+    };
+    report::write(&report, &plan.dir, &plots)?;
+    Ok(report)
+}
+
+fn print_plan(plan: &Plan, runner: &str, jobs: usize) {
+    eprintln!(
+        "compare {}: {} arms × {} seeds = {} runs into {}/ ({runner}, {jobs} at a time)",
+        plan.name,
+        plan.arms.len(),
+        plan.seeds.len(),
+        plan.runs(),
+        plan.dir.display()
+    );
+    for arm in &plan.arms {
+        let set: Vec<String> = arm.set.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+        let c = &arm.configs[0];
+        eprintln!(
+            "  {}{}: {} [{}], table lr {}, {} epochs",
+            arm.name,
+            if arm.name == plan.baseline { " (baseline)" } else { "" },
+            c.optimizer.table.kind.name(),
+            set.join(", "),
+            c.optimizer.table.lr,
+            c.train.epochs
+        );
+    }
+}
+
+/// The `sparseburn compare` command.
+pub fn run(args: CompareArgs) -> anyhow::Result<()> {
+    let plan = spec::plan(&args.config, &args.overrides)?;
+    let runner = if args.in_process {
+        Runner::InProcess
+    } else {
+        let exe = match &args.exe {
+            Some(e) => e.clone(),
+            None => std::env::current_exe().context("cannot find the sparseburn binary to run each arm (use --in-process)")?,
+        };
+        Runner::Subprocess { exe }
+    };
+    let runner_name = if args.in_process { "in this process" } else { "one process per run" };
+    print_plan(&plan, runner_name, args.jobs.max(1));
+    if args.dry_run {
+        return Ok(());
+    }
+    if args.in_process {
+        crate::train::install_ctrl_c_handler();
+    } else {
+        // Children get the terminal's Ctrl-C too: they checkpoint and stop; we stop starting new ones.
+        let _ = ctrlc::set_handler(|| {
+            if STOP.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing the report with the runs done so far (Ctrl-C again to abort)");
+        });
+    }
+    let command = std::iter::once("sparseburn".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+    let options = Options { runner, jobs: args.jobs.max(1), reuse: args.reuse, command, progress: true };
+    let report = execute(&plan, &options)?;
+    println!("{}", report::text(&report));
+    println!("report: {}/report.md (and .json, .csv; plots *.png, *.svg)", plan.dir.display());
+    println!("tensorboard --logdir {}", plan.dir.display());
+    if report.interrupted {
+        anyhow::bail!("interrupted: the report covers the runs that finished");
+    }
+    let failed = report.failed_runs();
+    if failed > 0 && !args.allow_failures {
+        anyhow::bail!("{failed} of {} runs failed (see the report; --allow-failures to exit 0 anyway)", report.runs.len());
+    }
+    Ok(())
 }

@@ -1,0 +1,247 @@
+//! Running one arm × seed: in a child process (the default) or in this process.
+//!
+//! A child process (`sparseburn train CONFIG --run-dir DIR`) gives each run its
+//! own peak RSS (the child's VmHWM, from its summary.json) and isolates
+//! failures: a panic, an abort or an out-of-memory kill ends that run only.
+//! In-process runs share one address space, so their peak RSS is the
+//! process-wide high-water mark so far, and a crash ends the comparison.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::train::{self, RunOutcome, TrainOptions};
+
+/// How runs are started.
+#[derive(Clone, Debug)]
+pub enum Runner {
+    /// `EXE train CONFIG --run-dir DIR`, output captured to `DIR/train.log`.
+    Subprocess { exe: PathBuf },
+    /// `train::train` in this process.
+    InProcess,
+}
+
+pub const LOG_FILE: &str = "train.log";
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// One `kind: "eval"` line of metrics.jsonl.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub step: u64,
+    pub accuracy: f64,
+    pub loss: f64,
+    pub train_seconds: f64,
+}
+
+/// The per-step facts that depend only on the batch (and, at step 1, on the initial weights).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainPoint {
+    pub step: u64,
+    /// Distinct table rows in the batch: a function of the batch alone.
+    pub rows_touched: u64,
+    /// rows_touched / ids in the batch: also a function of the batch alone.
+    pub unique_ratio: f64,
+    /// The batch loss, computed before that step's update (at step 1: from the initial weights).
+    pub loss: f64,
+}
+
+/// What became of one run.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    pub arm: String,
+    pub seed: u64,
+    pub dir: PathBuf,
+    /// `Err(message)` when the run failed (error, NaN loss, crash, interrupted).
+    pub outcome: Result<RunOutcome, String>,
+    /// Seconds from start to end of the run, process start-up, data preparation and evaluations included.
+    pub wall_seconds: f64,
+    /// Whether an earlier identical run was reused (`--reuse`).
+    pub reused: bool,
+    pub evals: Vec<EvalPoint>,
+    pub train: Vec<TrainPoint>,
+}
+
+/// Reads the eval and train records of a run's metrics.jsonl (missing file: none).
+pub fn read_metrics(dir: &Path) -> anyhow::Result<(Vec<EvalPoint>, Vec<TrainPoint>)> {
+    let path = dir.join(train::run_dir::METRICS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let (mut evals, mut trains) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            // A run killed mid-write can leave a torn last line.
+            if i + 1 == text.lines().count() {
+                break;
+            }
+            anyhow::bail!("{}: line {}: not JSON", path.display(), i + 1);
+        };
+        let num = |k: &str| v[k].as_f64();
+        let step = v["step"].as_u64().unwrap_or(0);
+        match v["kind"].as_str() {
+            Some("eval") => evals.push(EvalPoint {
+                step,
+                accuracy: num("accuracy").unwrap_or(f64::NAN),
+                loss: num("loss").unwrap_or(f64::NAN),
+                train_seconds: num("train_seconds").unwrap_or(f64::NAN),
+            }),
+            Some("train") => trains.push(TrainPoint {
+                step,
+                rows_touched: v["rows_touched"].as_u64().unwrap_or(0),
+                unique_ratio: num("unique_ratio").unwrap_or(f64::NAN),
+                loss: num("loss").unwrap_or(f64::NAN),
+            }),
+            _ => {}
+        }
+    }
+    Ok((evals, trains))
+}
+
+fn read_summary(dir: &Path) -> anyhow::Result<RunOutcome> {
+    let path = dir.join(SUMMARY_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a run summary", path.display()))
+}
+
+/// A finished, identical earlier run in `dir`: same resolved config and a summary.
+fn reusable(dir: &Path, config: &Config) -> Option<RunOutcome> {
+    let saved = train::run_dir::read_config(dir).ok()?;
+    let outcome = read_summary(dir).ok()?;
+    (saved == *config && !outcome.interrupted).then_some(outcome)
+}
+
+/// The last lines of a child's log that explain its failure.
+fn failure_reason(log: &str) -> String {
+    if let Some(line) = log.lines().rev().find(|l| l.starts_with("error: ")) {
+        return line.trim_start_matches("error: ").to_string();
+    }
+    if let Some(i) = log.find("panicked at") {
+        let rest: String = log[i..].lines().take(2).collect::<Vec<_>>().join(" ");
+        return rest;
+    }
+    let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    tail[tail.len().saturating_sub(3)..].join(" | ")
+}
+
+#[cfg(unix)]
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => {
+            let name = match s {
+                6 => " (SIGABRT)",
+                9 => " (SIGKILL, e.g. out of memory)",
+                11 => " (SIGSEGV)",
+                2 => " (SIGINT)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            format!("killed by signal {s}{name}")
+        }
+        _ => format!("{status}"),
+    }
+}
+
+#[cfg(not(unix))]
+fn describe_status(status: std::process::ExitStatus) -> String {
+    format!("{status}")
+}
+
+/// Trains `config` in `dir` (emptied first) and collects what it left there.
+pub fn run_one(runner: &Runner, arm: &str, config: &Config, dir: &Path, reuse: bool) -> RunResult {
+    let seed = config.experiment.seed;
+    let start = Instant::now();
+    let mut reused = false;
+    let outcome = match reuse.then(|| reusable(dir, config)).flatten() {
+        Some(o) => {
+            reused = true;
+            Ok(o)
+        }
+        None => train_fresh(runner, config, dir),
+    };
+    let wall_seconds = if reused { wall_seconds_of(dir).unwrap_or(f64::NAN) } else { start.elapsed().as_secs_f64() };
+    if !reused {
+        let _ = std::fs::write(dir.join(WALL_FILE), format!("{wall_seconds}\n"));
+    }
+    let (evals, train, outcome) = match read_metrics(dir) {
+        Ok((e, t)) => (e, t, outcome),
+        Err(e) => (Vec::new(), Vec::new(), outcome.and(Err(format!("{e:#}")))),
+    };
+    RunResult { arm: arm.to_string(), seed, dir: dir.to_path_buf(), outcome, wall_seconds, reused, evals, train }
+}
+
+/// The wall time of a run, kept beside it so that a reused run reports it too.
+const WALL_FILE: &str = "wall_seconds.txt";
+
+fn wall_seconds_of(dir: &Path) -> Option<f64> {
+    std::fs::read_to_string(dir.join(WALL_FILE)).ok()?.trim().parse().ok()
+}
+
+fn train_fresh(runner: &Runner, config: &Config, dir: &Path) -> Result<RunOutcome, String> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let outcome = match runner {
+        Runner::Subprocess { exe } => train_child(exe, config, dir),
+        Runner::InProcess => {
+            let options = TrainOptions { run_dir: Some(dir.to_path_buf()), ..Default::default() };
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train::train(config, &options))) {
+                Ok(Ok(o)) => Ok(o),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(panic) => {
+                    let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                    Err(format!("panicked: {}", msg.unwrap_or_else(|| "(no message)".into())))
+                }
+            }
+        }
+    }?;
+    if outcome.interrupted {
+        return Err("interrupted (Ctrl-C) before the end".into());
+    }
+    Ok(outcome)
+}
+
+fn train_child(exe: &Path, config: &Config, dir: &Path) -> Result<RunOutcome, String> {
+    // The resolved config goes where the trainer keeps it anyway (it rewrites the same text).
+    let config_path = dir.join(train::run_dir::CONFIG_FILE);
+    std::fs::write(&config_path, config.to_toml()).map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    let log_path = dir.join(LOG_FILE);
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let status = Command::new(exe)
+        .arg("train")
+        .arg(&config_path)
+        .arg("--run-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .status()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if !status.success() {
+        let reason = failure_reason(&text);
+        let status = describe_status(status);
+        return Err(if reason.is_empty() { status } else { format!("{reason} ({status})") });
+    }
+    read_summary(dir).map_err(|e| format!("{e:#}"))
+}
+
+/// Appends a line to a file, ignoring errors (progress notes for the user).
+pub fn note(path: &Path, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
+    }
+}
