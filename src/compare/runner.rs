@@ -6,7 +6,6 @@
 //! In-process runs share one address space, so their peak RSS is the
 //! process-wide high-water mark so far, and a crash ends the comparison.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -239,9 +238,3 @@ fn train_child(exe: &Path, config: &Config, dir: &Path) -> Result<RunOutcome, St
     read_summary(dir).map_err(|e| format!("{e:#}"))
 }
 
-/// Appends a line to a file, ignoring errors (progress notes for the user).
-pub fn note(path: &Path, line: &str) {
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(f, "{line}");
-    }
-}

@@ -40,8 +40,10 @@ use crate::config::{apply_override, Config};
 struct CompareSection {
     name: Option<String>,
     base: Option<PathBuf>,
+    #[serde(default)]
     seeds: Vec<u64>,
     baseline: Option<String>,
+    #[serde(default)]
     arms: Vec<ArmSection>,
     /// Confidence level of the paired intervals (default 0.95).
     #[serde(default)]
