@@ -1,6 +1,41 @@
-//! Model bundles (owned by the export/serve helper; stub until then).
+//! Model bundles: what a trained run exports for serving.
+//!
+//! A bundle is one folder, written into a temporary sibling (`.tmp-export-*`)
+//! and renamed into place, so an interrupted export never looks complete:
+//!
+//! - `manifest.json`: [`Manifest`], the format version, labels, tokenizer and
+//!   vocabulary settings, shapes, and the SHA-256 and size of every other file;
+//! - `vocab.txt`: `word<TAB>count` lines, as in the run directory;
+//! - `model.safetensors`: `table` `[rows, dim]` F32 and `head.{i}.weight`
+//!   `[in, out]`, `head.{i}.bias` `[out]` F32. No optimizer state.
+//!
+//! `model.safetensors` opens with Python's `safetensors` package
+//! (`safetensors.numpy.load_file`). Every tensor is F32 and the safetensors
+//! writer pads the header to 8 bytes, so every tensor's data (the table's
+//! included) starts at a multiple of 4 bytes in the file: a reader can use the
+//! memory-mapped table in place ([`crate::serve::Predictor`] checks this at
+//! load and falls back to a copy if a foreign writer broke it).
+//!
+//! For serving, bundles live in numbered version folders, as TF Serving's do:
+//! `models/<name>/<version>/`. [`export_next_version`] picks the next number.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::data::{TokenizerConfig, Vocab, VocabConfig};
+use crate::io::{sha256_file, write_atomic, write_safetensors, TensorOut};
+use crate::model::Pooling;
+use crate::train::{checkpoint, run_dir};
+
+/// The bundle format this sparseburn writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const VOCAB_FILE: &str = "vocab.txt";
 
 /// `sparseburn export RUN_DIR --out MODEL_DIR`
 #[derive(clap::Args, Debug)]
@@ -8,10 +43,415 @@ pub struct ExportArgs {
     /// A training run directory (holds config.toml, vocab.txt, labels.txt, checkpoints/).
     pub run_dir: PathBuf,
     /// Where to write the bundle, e.g. models/<name>/<version>.
+    #[arg(long, conflicts_with = "base")]
+    pub out: Option<PathBuf>,
+    /// Write the bundle as the next numbered version under this folder, e.g.
+    /// models/<name> (without --out or --base: the run config's `[export] dir`).
     #[arg(long)]
-    pub out: PathBuf,
+    pub base: Option<PathBuf>,
+    /// Export this checkpoint folder instead of the run's latest.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Replace an existing bundle at --out.
+    #[arg(long)]
+    pub force: bool,
 }
 
-pub fn run(_args: ExportArgs) -> anyhow::Result<()> {
-    anyhow::bail!("export is not implemented yet")
+pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let options = ExportOptions { checkpoint: args.checkpoint.clone(), force: args.force };
+    let dir = match (&args.out, &args.base) {
+        (Some(out), _) => export_with(&args.run_dir, out, &options)?,
+        (None, Some(base)) => export_next_version_with(&args.run_dir, base, &options)?,
+        (None, None) => {
+            let config = read_run_config(&args.run_dir)?;
+            let Some(base) = config.export.dir else {
+                bail!("give --out MODEL_DIR (e.g. models/<name>/1) or --base models/<name>, or set `[export] dir` in the run's config");
+            };
+            export_next_version_with(&args.run_dir, &base, &options)?
+        }
+    };
+    let manifest = Manifest::read(&dir)?;
+    println!(
+        "exported {} ({} rows × {}, {} labels) to {}",
+        manifest.source.checkpoint,
+        manifest.model.rows,
+        manifest.model.dim,
+        manifest.labels.len(),
+        dir.display()
+    );
+    if version_of(&dir).is_none() {
+        eprintln!("note: `sparseburn serve --model-base DIR` serves numbered folders (DIR/1, DIR/2, …); this bundle's folder is not a number");
+    }
+    Ok(())
+}
+
+/// Everything about a bundle except the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub sparseburn_version: String,
+    /// RFC 3339, UTC.
+    pub created: String,
+    pub source: SourceInfo,
+    /// Class names; logit `i` is `labels[i]`.
+    pub labels: Vec<String>,
+    pub tokenizer: TokenizerConfig,
+    pub vocab: VocabInfo,
+    pub model: ModelInfo,
+    /// File name → checksum and size, for every file of the bundle but the manifest.
+    pub files: BTreeMap<String, FileInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub run_dir: String,
+    /// The checkpoint folder name, e.g. `step-00000570`.
+    pub checkpoint: String,
+    pub step: u64,
+    pub experiment: String,
+    pub arm: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VocabInfo {
+    /// Words in `vocab.txt`: table rows `0..size` are words, the rest hash buckets.
+    pub size: usize,
+    /// Hash buckets for out-of-vocabulary words and n-grams.
+    pub buckets: u64,
+    /// Longest hashed word n-gram.
+    pub ngrams: usize,
+    /// How the vocabulary was cut (provenance; not needed to featurize).
+    pub min_count: u64,
+    pub max_size: usize,
+}
+
+impl VocabInfo {
+    /// The vocabulary settings the featurizer needs.
+    pub fn config(&self) -> VocabConfig {
+        VocabConfig { min_count: self.min_count, max_size: self.max_size, buckets: self.buckets, ngrams: self.ngrams }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Table rows: vocabulary size + buckets.
+    pub rows: usize,
+    pub dim: usize,
+    pub pooling: Pooling,
+    /// `(in, out)` of each head layer, ReLU between them.
+    pub head: Vec<LayerShape>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerShape {
+    pub input: usize,
+    pub output: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+impl Manifest {
+    /// Reads `dir/manifest.json`: a newer `format_version` is refused with an
+    /// error saying so (checked before the rest, whose fields may differ).
+    pub fn read(dir: &Path) -> anyhow::Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {} (not a model bundle?)", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON (corrupt or truncated)", path.display()))?;
+        let Some(version) = value.get("format_version").and_then(|v| v.as_u64()) else {
+            bail!("{}: no `format_version`: not a sparseburn model manifest", path.display());
+        };
+        if version > FORMAT_VERSION as u64 {
+            bail!(
+                "{}: bundle format version {version} is newer than this sparseburn {} reads (up to {FORMAT_VERSION}); upgrade sparseburn",
+                path.display(),
+                env!("CARGO_PKG_VERSION")
+            );
+        }
+        if version == 0 {
+            bail!("{}: bundle format version 0 is not valid", path.display());
+        }
+        serde_json::from_value(value).with_context(|| format!("{}: invalid manifest", path.display()))
+    }
+}
+
+/// Options of [`export_with`].
+#[derive(Clone, Debug, Default)]
+pub struct ExportOptions {
+    /// A checkpoint folder to export instead of the run's latest.
+    pub checkpoint: Option<PathBuf>,
+    /// Replace an existing bundle at the destination.
+    pub force: bool,
+}
+
+/// Exports the latest checkpoint of `run_dir` as a bundle at `out` (refusing to
+/// overwrite an existing one); returns `out`. Called by training's `[export] dir`.
+pub fn export_run(run_dir: &Path, out: &Path) -> anyhow::Result<PathBuf> {
+    export_with(run_dir, out, &ExportOptions::default())
+}
+
+/// Exports `run_dir` as the next numbered version under `base` (`base/1` when
+/// there is none yet); returns the version folder.
+pub fn export_next_version(run_dir: &Path, base: &Path) -> anyhow::Result<PathBuf> {
+    export_next_version_with(run_dir, base, &ExportOptions::default())
+}
+
+fn export_next_version_with(run_dir: &Path, base: &Path, options: &ExportOptions) -> anyhow::Result<PathBuf> {
+    let mut staged = stage(run_dir, base, options)?;
+    // Another export may claim the same number between the scan and the rename: take the next one.
+    for _ in 0..100 {
+        let out = base.join(next_version(base)?.to_string());
+        match staged.publish(&out, false) {
+            Ok(()) => return Ok(out),
+            Err(e) if out.exists() => log::debug!("{}: taken meanwhile ({e:#}), trying the next version", out.display()),
+            Err(e) => return Err(e),
+        }
+    }
+    bail!("{}: could not claim a free version number", base.display())
+}
+
+/// [`export_run`] with options.
+pub fn export_with(run_dir: &Path, out: &Path, options: &ExportOptions) -> anyhow::Result<PathBuf> {
+    if out.exists() && !options.force {
+        bail!("{} already exists: export to a new version folder, or pass --force to replace it", out.display());
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut staged = stage(run_dir, parent, options)?;
+    staged.publish(out, options.force)?;
+    Ok(out.to_path_buf())
+}
+
+/// The numeric version of a bundle folder (`models/sotu/3` → 3): ASCII digits only.
+pub fn version_of(dir: &Path) -> Option<u64> {
+    let name = dir.file_name()?.to_str()?;
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+/// Numbered version folders under `base`, highest first.
+pub fn versions(base: &Path) -> anyhow::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(base).with_context(|| format!("cannot list {}", base.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", base.display()))?;
+        let path = entry.path();
+        if let Some(v) = version_of(&path) {
+            if path.is_dir() {
+                out.push((v, path));
+            }
+        }
+    }
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(out)
+}
+
+/// One past the highest numbered version under `base` (1 for none or a missing folder).
+pub fn next_version(base: &Path) -> anyhow::Result<u64> {
+    if !base.exists() {
+        return Ok(1);
+    }
+    Ok(versions(base)?.first().map_or(1, |(v, _)| v + 1))
+}
+
+/// The run's resolved config, parsed without [`Config::validate`]: exporting
+/// must not depend on the training data still being reachable from here.
+fn read_run_config(run_dir: &Path) -> anyhow::Result<Config> {
+    let path = run_dir.join(run_dir::CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {} (not a run directory?)", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))
+}
+
+/// A complete bundle in a temporary folder, not yet visible under its name.
+struct Staged {
+    /// `None` once published.
+    tmp: Option<tempfile::TempDir>,
+}
+
+/// Writes the bundle into a temporary folder inside `parent` (created if needed).
+fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Result<Staged> {
+    let config = read_run_config(run_dir)?;
+    let labels = run_dir::read_labels(run_dir)?;
+    let vocab_src = run_dir.join(run_dir::VOCAB_FILE);
+    let vocab = Vocab::read(&vocab_src)?;
+    let ckpt_dir = match &options.checkpoint {
+        Some(dir) => dir.clone(),
+        None => checkpoint::latest(run_dir)?,
+    };
+    let ckpt = checkpoint::Checkpoint::open(&ckpt_dir)?;
+    let (table, head) = ckpt.model()?;
+
+    let rows = vocab.len() + config.vocab.buckets as usize;
+    if table.rows() != rows {
+        bail!("{}: table has {} rows, but vocabulary {} + buckets {} = {rows}", ckpt_dir.display(), table.rows(), vocab.len(), config.vocab.buckets);
+    }
+    if table.dim() != config.model.dim || head.input_dim() != table.dim() {
+        bail!("{}: table dim {}, head input {}, config model.dim {} disagree", ckpt_dir.display(), table.dim(), head.input_dim(), config.model.dim);
+    }
+    if head.classes() != labels.len() {
+        bail!("{}: head has {} outputs but {} has {} labels", ckpt_dir.display(), head.classes(), run_dir.join(run_dir::LABELS_FILE).display(), labels.len());
+    }
+    for pair in head.layers.windows(2) {
+        if pair[0].output != pair[1].input {
+            bail!("{}: head layers do not chain ({} outputs into {} inputs)", ckpt_dir.display(), pair[0].output, pair[1].input);
+        }
+    }
+
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-export-")
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot create a folder in {}", parent.display()))?;
+    let dir = tmp.path();
+
+    let mut tensors = vec![TensorOut::f32("table", vec![table.rows(), table.dim()], table.as_slice())];
+    for (i, l) in head.layers.iter().enumerate() {
+        tensors.push(TensorOut::f32(format!("head.{i}.weight"), vec![l.input, l.output], &l.weight));
+        tensors.push(TensorOut::f32(format!("head.{i}.bias"), vec![l.output], &l.bias));
+    }
+    let meta = HashMap::from([
+        ("format".to_string(), "sparseburn-bundle".to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+    ]);
+    write_safetensors(&dir.join(MODEL_FILE), &tensors, meta)?;
+    drop(tensors);
+    drop(table);
+    write_atomic(&dir.join(VOCAB_FILE), |w| vocab.write(w))?;
+
+    let mut files = BTreeMap::new();
+    for name in [MODEL_FILE, VOCAB_FILE] {
+        let path = dir.join(name);
+        let bytes = std::fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?.len();
+        files.insert(name.to_string(), FileInfo { sha256: sha256_file(&path)?, bytes });
+    }
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        sparseburn_version: env!("CARGO_PKG_VERSION").to_string(),
+        created: rfc3339_utc(std::time::SystemTime::now()),
+        source: SourceInfo {
+            run_dir: std::fs::canonicalize(run_dir).unwrap_or_else(|_| run_dir.to_path_buf()).display().to_string(),
+            checkpoint: ckpt_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            step: ckpt.state.step,
+            experiment: config.experiment.name.clone(),
+            arm: config.experiment.arm.clone(),
+        },
+        labels: labels.names().to_vec(),
+        tokenizer: config.tokenizer.clone(),
+        vocab: VocabInfo {
+            size: vocab.len(),
+            buckets: config.vocab.buckets,
+            ngrams: config.vocab.ngrams,
+            min_count: config.vocab.min_count,
+            max_size: config.vocab.max_size,
+        },
+        model: ModelInfo {
+            rows,
+            dim: config.model.dim,
+            pooling: config.model.pooling,
+            head: head.layers.iter().map(|l| LayerShape { input: l.input, output: l.output }).collect(),
+        },
+        files,
+    };
+    write_atomic(&dir.join(MANIFEST_FILE), |w| serde_json::to_writer_pretty(&mut *w, &manifest).map_err(std::io::Error::other))?;
+    // Temp files are created owner-only; a bundle is meant to be read by a serving account too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for name in [MODEL_FILE, VOCAB_FILE, MANIFEST_FILE] {
+            let path = dir.join(name);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).with_context(|| format!("cannot chmod {}", path.display()))?;
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).with_context(|| format!("cannot chmod {}", dir.display()))?;
+    }
+    Ok(Staged { tmp: Some(tmp) })
+}
+
+impl Staged {
+    /// Renames the staged folder to `out`. With `replace`, an existing `out` is
+    /// first moved aside (so `out` is either the old or the new bundle, never
+    /// half of one) and deleted afterwards.
+    fn publish(&mut self, out: &Path, replace: bool) -> anyhow::Result<()> {
+        let Some(tmp) = &self.tmp else { bail!("already published") };
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        let mut old = None;
+        if out.exists() {
+            if !replace {
+                bail!("{} already exists: export to a new version folder, or pass --force to replace it", out.display());
+            }
+            let aside = tempfile::Builder::new().prefix(".tmp-replaced-").tempdir_in(parent)?.keep();
+            std::fs::rename(out, aside.join("old")).with_context(|| format!("cannot move {} aside", out.display()))?;
+            old = Some(aside);
+        }
+        let staged = tmp.path().to_path_buf();
+        if let Err(e) = std::fs::rename(&staged, out) {
+            if let Some(aside) = &old {
+                let _ = std::fs::rename(aside.join("old"), out);
+                let _ = std::fs::remove_dir_all(aside);
+            }
+            return Err(e).with_context(|| format!("cannot rename the bundle into {}", out.display()));
+        }
+        if let Some(tmp) = self.tmp.take() {
+            let _ = tmp.keep(); // renamed away: nothing left to delete
+        }
+        if let Some(aside) = old {
+            let _ = std::fs::remove_dir_all(aside);
+        }
+        // Make the rename durable.
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// `2024-05-01T12:34:56Z` for a system time (UTC, whole seconds).
+pub fn rfc3339_utc(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_matches_known_dates() {
+        assert_eq!(rfc3339_utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(UNIX_EPOCH + Duration::from_secs(1_714_566_896)), "2024-05-01T12:34:56Z");
+    }
+
+    #[test]
+    fn versions_are_numeric_folder_names() {
+        assert_eq!(version_of(Path::new("models/x/12")), Some(12));
+        assert_eq!(version_of(Path::new("models/x/+1")), None);
+        assert_eq!(version_of(Path::new("models/x/1a")), None);
+        assert_eq!(version_of(Path::new("models/x/.tmp-export-1")), None);
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(next_version(&tmp.path().join("missing")).unwrap(), 1);
+        for d in ["1", "3", "10", "x", ".tmp-export-99"] {
+            std::fs::create_dir(tmp.path().join(d)).unwrap();
+        }
+        std::fs::write(tmp.path().join("20"), "a file, not a version").unwrap();
+        let v: Vec<u64> = versions(tmp.path()).unwrap().into_iter().map(|(v, _)| v).collect();
+        assert_eq!(v, [10, 3, 1]);
+        assert_eq!(next_version(tmp.path()).unwrap(), 11);
+    }
 }
