@@ -1,0 +1,305 @@
+//! The resident predictor: a bundle loaded once, then any number of
+//! predictions of any batch size from any thread.
+//!
+//! Loading verifies `manifest.json` and every file's size and SHA-256, memory-maps
+//! `model.safetensors` and uses the table's bytes in place (no copy: rows are
+//! paged in on first touch), copies the small head, and builds the featurizer.
+//! A prediction runs exactly the functions evaluation runs
+//! ([`pool_one`], [`HeadWeights::logits_into`]), so its logits equal
+//! [`crate::train::eval::logits`] bit for bit, and its scores are
+//! `exp(z - log_sum_exp(z))` with evaluation's [`log_sum_exp`].
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use memmap2::Mmap;
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::data::{Featurizer, Tokenizer, Vocab};
+use crate::export::{Manifest, MANIFEST_FILE, MODEL_FILE, VOCAB_FILE};
+use crate::model::{pool_one, DenseLayer, HeadWeights, Pooling};
+use crate::train::eval::log_sum_exp;
+
+/// Top-k labels of one text with their probabilities, highest first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Prediction {
+    pub labels: Vec<String>,
+    pub scores: Vec<f32>,
+}
+
+/// How [`Predictor::load_with`] checks the bundle.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Hash every file against the manifest's SHA-256 (reads the whole table
+    /// once, which also brings it into the page cache). When off, only file
+    /// sizes are checked, and a multi-GB table loads in milliseconds.
+    pub verify_checksums: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { verify_checksums: true }
+    }
+}
+
+/// Where the table's values live.
+enum TableData {
+    /// Used in place from the memory map (the data is 4-byte aligned).
+    Mapped { start: usize, len: usize },
+    /// Copied out of the map (a foreign writer left it unaligned).
+    Owned(Vec<f32>),
+}
+
+/// A loaded bundle. `Send + Sync`: share it behind an `Arc` between threads.
+pub struct Predictor {
+    dir: PathBuf,
+    manifest: Manifest,
+    featurizer: Featurizer,
+    mmap: Mmap,
+    table: TableData,
+    rows: usize,
+    dim: usize,
+    pooling: Pooling,
+    head: HeadWeights,
+    load_time: Duration,
+}
+
+/// Per-thread buffers, reused across calls (sized to the head, never to the model).
+#[derive(Default)]
+struct Scratch {
+    tokens: Vec<String>,
+    ids: Vec<u32>,
+    pooled: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    order: Vec<u32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+impl Predictor {
+    /// Loads and fully verifies the bundle in `dir`.
+    pub fn load(dir: impl AsRef<Path>) -> anyhow::Result<Self> {
+        Self::load_with(dir, &LoadOptions::default())
+    }
+
+    pub fn load_with(dir: impl AsRef<Path>, options: &LoadOptions) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let dir = dir.as_ref();
+        let manifest = Manifest::read(dir)?;
+        for required in [MODEL_FILE, VOCAB_FILE] {
+            if !manifest.files.contains_key(required) {
+                bail!("{}: lists no {required}", dir.join(MANIFEST_FILE).display());
+            }
+        }
+        // Sizes first (cheap, and catches truncation even without hashing).
+        for (name, info) in &manifest.files {
+            let path = dir.join(name);
+            let len = std::fs::metadata(&path).with_context(|| format!("{}: missing from the bundle", path.display()))?.len();
+            if len != info.bytes {
+                bail!("{}: is {len} bytes, the manifest says {} (truncated or corrupt)", path.display(), info.bytes);
+            }
+        }
+
+        let model_path = dir.join(MODEL_FILE);
+        let file = std::fs::File::open(&model_path).with_context(|| format!("cannot open {}", model_path.display()))?;
+        // SAFETY: read-only map. Bundles are written once and published by rename,
+        // never modified in place; a replaced bundle's old file stays mapped intact.
+        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", model_path.display()))?;
+        if options.verify_checksums {
+            for (name, info) in &manifest.files {
+                let path = dir.join(name);
+                let actual = if name == MODEL_FILE { sha256_hex(&mmap) } else { crate::io::sha256_file(&path)? };
+                if actual != info.sha256 {
+                    bail!("{}: checksum mismatch (corrupt or modified): manifest sha256 {}, file {actual}", path.display(), info.sha256);
+                }
+            }
+        }
+        #[cfg(unix)]
+        let _ = mmap.advise(memmap2::Advice::Random); // rows are read by id, not in order
+
+        let tensors = SafeTensors::deserialize(&mmap).with_context(|| format!("{}: not a valid safetensors file (truncated or corrupt?)", model_path.display()))?;
+        let m = &manifest.model;
+        let table_view = tensors.tensor("table").map_err(|_| anyhow::anyhow!("{}: no `table` tensor", model_path.display()))?;
+        if table_view.dtype() != Dtype::F32 || table_view.shape() != [m.rows, m.dim] {
+            bail!(
+                "{}: `table` is {:?} {:?}, the manifest says F32 [{}, {}]",
+                model_path.display(),
+                table_view.dtype(),
+                table_view.shape(),
+                m.rows,
+                m.dim
+            );
+        }
+        let bytes = table_view.data();
+        let start = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
+        let table = if bytes.as_ptr() as usize % std::mem::align_of::<f32>() == 0 {
+            TableData::Mapped { start, len: bytes.len() }
+        } else {
+            log::warn!("{}: table data is not 4-byte aligned; copying it into memory", model_path.display());
+            TableData::Owned(bytemuck::pod_collect_to_vec(bytes))
+        };
+
+        let mut layers = Vec::with_capacity(m.head.len());
+        for (i, shape) in m.head.iter().enumerate() {
+            let read = |name: String, want: &[usize]| -> anyhow::Result<Vec<f32>> {
+                let t = tensors.tensor(&name).map_err(|_| anyhow::anyhow!("{}: no `{name}` tensor", model_path.display()))?;
+                if t.dtype() != Dtype::F32 || t.shape() != want {
+                    bail!("{}: `{name}` is {:?} {:?}, the manifest says F32 {want:?}", model_path.display(), t.dtype(), t.shape());
+                }
+                Ok(bytemuck::pod_collect_to_vec(t.data()))
+            };
+            let weight = read(format!("head.{i}.weight"), &[shape.input, shape.output])?;
+            let bias = read(format!("head.{i}.bias"), &[shape.output])?;
+            layers.push(DenseLayer { input: shape.input, output: shape.output, weight, bias });
+        }
+        let head = HeadWeights { layers };
+        if head.layers.is_empty() || head.input_dim() != m.dim || head.layers.windows(2).any(|w| w[0].output != w[1].input) {
+            bail!("{}: head layers {:?} do not fit table dim {}", dir.join(MANIFEST_FILE).display(), m.head, m.dim);
+        }
+        if head.classes() != manifest.labels.len() {
+            bail!("{}: head has {} outputs but {} labels", dir.join(MANIFEST_FILE).display(), head.classes(), manifest.labels.len());
+        }
+
+        let vocab = Vocab::read(&dir.join(VOCAB_FILE))?;
+        if vocab.len() != manifest.vocab.size {
+            bail!("{}: {} words, the manifest says {}", dir.join(VOCAB_FILE).display(), vocab.len(), manifest.vocab.size);
+        }
+        let featurizer = Featurizer::new(Tokenizer::new(manifest.tokenizer.clone()), vocab, &manifest.vocab.config());
+        // Every id the featurizer can produce must index the table: checked once here, so predict cannot go out of bounds.
+        if featurizer.rows() != m.rows {
+            bail!("{}: vocabulary {} + buckets {} = {} rows, the table has {}", dir.display(), manifest.vocab.size, manifest.vocab.buckets, featurizer.rows(), m.rows);
+        }
+
+        let (rows, dim, pooling) = (m.rows, m.dim, m.pooling);
+        Ok(Predictor { dir: dir.to_path_buf(), manifest, featurizer, mmap, table, rows, dim, pooling, head, load_time: started.elapsed() })
+    }
+
+    fn table(&self) -> &[f32] {
+        match &self.table {
+            TableData::Mapped { start, len } => bytemuck::cast_slice(&self.mmap[*start..*start + *len]),
+            TableData::Owned(v) => v,
+        }
+    }
+
+    /// Top-`top_k` labels and probabilities of each text (`top_k` 0 or above the
+    /// label count gives every label). Any batch size, including 0.
+    pub fn predict<S: AsRef<str>>(&self, texts: &[S], top_k: usize) -> Vec<Prediction> {
+        SCRATCH.with_borrow_mut(|s| texts.iter().map(|t| self.predict_with(t.as_ref(), top_k, s)).collect())
+    }
+
+    pub fn predict_one(&self, text: &str, top_k: usize) -> Prediction {
+        SCRATCH.with_borrow_mut(|s| self.predict_with(text, top_k, s))
+    }
+
+    /// The raw logits of one text (what evaluation computes), one per label.
+    pub fn logits(&self, text: &str) -> Vec<f32> {
+        SCRATCH.with_borrow_mut(|s| self.logits_with(text, s).to_vec())
+    }
+
+    /// Probabilities of every label, in label order.
+    pub fn probabilities(&self, text: &str) -> Vec<f32> {
+        let z = self.logits(text);
+        let lse = log_sum_exp(&z);
+        z.iter().map(|&v| (v as f64 - lse).exp() as f32).collect()
+    }
+
+    /// The table rows a text pools (its words, hashed OOV words and n-grams).
+    pub fn features(&self, text: &str) -> Vec<u32> {
+        self.featurizer.features(text)
+    }
+
+    fn logits_with<'s>(&self, text: &str, s: &'s mut Scratch) -> &'s [f32] {
+        s.ids.clear();
+        self.featurizer.features_into(text, &mut s.tokens, &mut s.ids);
+        let width = self.head.max_width();
+        s.pooled.resize(self.dim, 0.0);
+        s.a.resize(width.max(self.dim), 0.0);
+        s.b.resize(width.max(self.dim), 0.0);
+        pool_one(self.table(), self.dim, &s.ids, self.pooling, &mut s.pooled);
+        self.head.logits_into(&s.pooled, &mut s.a, &mut s.b)
+    }
+
+    fn predict_with(&self, text: &str, top_k: usize, s: &mut Scratch) -> Prediction {
+        let mut order = std::mem::take(&mut s.order);
+        let z = self.logits_with(text, s);
+        let k = if top_k == 0 { z.len() } else { top_k.min(z.len()) };
+        let lse = log_sum_exp(z);
+        order.clear();
+        order.extend(0..z.len() as u32);
+        // Highest logit first; ties keep label order. total_cmp: NaN cannot panic.
+        let by_score = |a: &u32, b: &u32| z[*b as usize].total_cmp(&z[*a as usize]).then(a.cmp(b));
+        if k < order.len() {
+            order.select_nth_unstable_by(k, by_score);
+            order.truncate(k);
+        }
+        order.sort_unstable_by(by_score);
+        let prediction = Prediction {
+            labels: order.iter().map(|&i| self.manifest.labels[i as usize].clone()).collect(),
+            scores: order.iter().map(|&i| (z[i as usize] as f64 - lse).exp() as f32).collect(),
+        };
+        s.order = order;
+        prediction
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn labels(&self) -> &[String] {
+        &self.manifest.labels
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    pub fn head(&self) -> &HeadWeights {
+        &self.head
+    }
+    /// Whether the table is used in place from the memory map (else it was copied).
+    pub fn table_is_mapped(&self) -> bool {
+        matches!(self.table, TableData::Mapped { .. })
+    }
+    /// How long [`Predictor::load`] took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+}
+
+impl std::fmt::Debug for Predictor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Predictor")
+            .field("dir", &self.dir)
+            .field("rows", &self.rows)
+            .field("dim", &self.dim)
+            .field("labels", &self.manifest.labels.len())
+            .field("mapped", &self.table_is_mapped())
+            .finish()
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predictor_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Predictor>();
+    }
+}
