@@ -196,8 +196,12 @@ pub struct ExportConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
-    /// Refuse to start when table + optimizer state would exceed this many GB of host memory.
+    /// Refuse to start when the host part (table, its optimizer state, data) would exceed this many GB.
     pub host_max_gb: Option<f64>,
+    /// Refuse to start when the dense device's part (head, its Adam state, activations) would exceed this many GB.
+    pub gpu_max_gb: Option<f64>,
+    /// Like `gpu_max_gb`, as a fraction of the GPU's total memory (TF's per_process_memory_fraction).
+    pub gpu_fraction: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -306,6 +310,14 @@ impl Config {
         crate::device::parse_dense_device(&self.placement.dense).map_err(|e| at(source, "placement.dense", e))?;
         if let Some(gb) = self.memory.host_max_gb {
             positive("memory.host_max_gb", gb)?;
+        }
+        if let Some(gb) = self.memory.gpu_max_gb {
+            positive("memory.gpu_max_gb", gb)?;
+        }
+        if let Some(f) = self.memory.gpu_fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                bail!(at(source, "memory.gpu_fraction", format!("must be in (0, 1], got {f}")));
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod export;
 pub mod io;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod serve;

@@ -66,7 +66,7 @@ fn a_table_that_does_not_fit_is_refused_with_the_numbers() {
     let c = quickstart(&["vocab.buckets=50000000", "memory.host_max_gb=1"]);
     let dir = tempfile::tempdir().unwrap();
     let e = format!("{:#}", train::train(&c, &TrainOptions { run_dir: Some(dir.path().join("run")), ..Default::default() }).unwrap_err());
-    assert!(e.contains("vocab.buckets") && e.contains("memory.host_max_gb") && e.contains("GB"), "{e}");
+    assert!(e.contains("vocab.buckets") && e.contains("memory.host_max_gb") && e.contains("embedding table 12.801 GB"), "{e}");
 }
 
 #[test]

@@ -110,9 +110,10 @@ impl TableOptimizerConfig {
 
     /// Bytes of state the optimizer will allocate for a `rows × dim` table.
     pub fn state_bytes(&self, rows: usize, dim: usize) -> u64 {
+        // Per-row arrays, plus the u64 step counter (and the f64 running decay log with weight decay).
         match self.kind {
-            TableOptimizerKind::Sgd => 0,
-            _ => self.adam().state_bytes(rows, dim),
+            TableOptimizerKind::Sgd => 8,
+            _ => self.adam().state_bytes(rows, dim) + 8 + if self.weight_decay != 0.0 { 8 } else { 0 },
         }
     }
 }

@@ -26,6 +26,7 @@ use super::schedule::lr_factor;
 use crate::config::Config;
 use crate::data::{Batch, BatchIter};
 use crate::device::{DenseDevice, TABLE_DEVICE};
+use crate::memory::MemoryPlan;
 use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Head, HeadConfig, HeadWeights, SparseGrad};
 use crate::optim::TableOptimizer;
 use crate::summary::{GraphSpec, HParamValue, RunSummary};
@@ -109,34 +110,6 @@ pub fn train(config: &Config, options: &TrainOptions) -> anyhow::Result<RunOutco
     })
 }
 
-/// Refuses to allocate a table and optimizer state that would not fit.
-fn check_memory(config: &Config, rows: usize) -> anyhow::Result<(u64, u64)> {
-    let table = rows as u64 * config.model.dim as u64 * 4;
-    let state = config.optimizer.table.state_bytes(rows, config.model.dim);
-    let need = table + state;
-    let describe = || {
-        format!(
-            "the table ({rows} rows = vocabulary + vocab.buckets, × model.dim {}) needs {:.2} GB plus {:.2} GB of {} state = {:.2} GB",
-            config.model.dim,
-            sys::gb(table),
-            sys::gb(state),
-            config.optimizer.table.kind.name(),
-            sys::gb(need)
-        )
-    };
-    if let Some(max) = config.memory.host_max_gb {
-        if sys::gb(need) > max {
-            bail!("{}, over memory.host_max_gb = {max}; lower vocab.buckets or model.dim", describe());
-        }
-    }
-    if let Some(avail) = sys::available_memory_bytes() {
-        if need > avail {
-            bail!("{}, but only {:.2} GB of memory is available; lower vocab.buckets or model.dim", describe(), sys::gb(avail));
-        }
-    }
-    Ok((table, state))
-}
-
 fn head_optimizer_config(config: &Config) -> AdamConfig {
     let h = &config.optimizer.head;
     let adam = AdamConfig::new().with_beta_1(h.beta1 as f32).with_beta_2(h.beta2 as f32).with_epsilon(h.epsilon as f32);
@@ -216,8 +189,12 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
 
     let rows = data.featurizer.rows();
     let dim = config.model.dim;
-    check_memory(&config, rows)?;
     let head_config = HeadConfig { input: dim, hidden: config.model.hidden.clone(), classes: data.labels.len() };
+    let plan = MemoryPlan::new(&config, rows, &head_config, (data.train.ids.len() + data.test.ids.len()) as u64, dense);
+    plan.check(&config, dense)?;
+    if log {
+        eprintln!("memory plan:\n{}", plan.describe());
+    }
     let mut table_optimizer = config.optimizer.table.init(rows, dim);
     let mut head_optimizer = head_optimizer_config(&config).init::<B, Head<B>>();
     let (table, head_weights, state) = match &checkpoint {

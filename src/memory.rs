@@ -1,0 +1,119 @@
+//! Memory planning: bytes each part of the model needs on each device,
+//! estimated before anything is allocated and checked against the budgets in
+//! `[memory]`, so a run that cannot fit stops with the numbers instead of
+//! swapping or dying half-way.
+
+use anyhow::bail;
+
+use crate::config::Config;
+use crate::device::{DenseDevice, TABLE_DEVICE};
+use crate::model::HeadConfig;
+use crate::sys::gb;
+
+/// One allocation of the plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryItem {
+    /// TF-style device name, e.g. `/device:CPU:0`.
+    pub device: String,
+    pub what: &'static str,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemoryPlan {
+    pub items: Vec<MemoryItem>,
+}
+
+const F32: u64 = 4;
+
+impl MemoryPlan {
+    /// The plan for a `rows`-row table, this head, and `dataset_ids` encoded ids in memory.
+    pub fn new(config: &Config, rows: usize, head: &HeadConfig, dataset_ids: u64, dense: DenseDevice) -> Self {
+        let dim = config.model.dim as u64;
+        let batch = config.train.batch_size as u64;
+        let host = TABLE_DEVICE.to_string();
+        let dense_name = dense.tf_name();
+        let params: u64 = head.layer_shapes().iter().map(|&(i, o)| (i * o + o) as u64).sum();
+        let widths: u64 = head.layer_shapes().iter().map(|&(_, o)| o as u64).sum::<u64>() + dim;
+        let items = vec![
+            MemoryItem { device: host.clone(), what: "embedding table", bytes: rows as u64 * dim * F32 },
+            MemoryItem { device: host.clone(), what: "table optimizer state", bytes: config.optimizer.table.state_bytes(rows, config.model.dim) },
+            MemoryItem { device: host.clone(), what: "encoded datasets", bytes: dataset_ids * 4 },
+            // Pooled activations and their gradient, on the host for the bag.
+            MemoryItem { device: host, what: "bag activations", bytes: 2 * batch * dim * F32 },
+            // Weights, gradients, and Adam's two moments.
+            MemoryItem { device: dense_name.clone(), what: "head parameters + grads + Adam state", bytes: 4 * params * F32 },
+            // Every layer's output and its gradient for one batch.
+            MemoryItem { device: dense_name, what: "head activations", bytes: 2 * batch * widths * F32 },
+        ];
+        MemoryPlan { items }
+    }
+
+    pub fn bytes_on(&self, device: &str) -> u64 {
+        self.items.iter().filter(|i| i.device == device).map(|i| i.bytes).sum()
+    }
+
+    /// One line per device with its items, for the start-of-run log.
+    pub fn describe(&self) -> String {
+        let mut devices: Vec<&str> = self.items.iter().map(|i| i.device.as_str()).collect();
+        devices.dedup();
+        devices
+            .iter()
+            .map(|d| {
+                let parts: Vec<String> = self.items.iter().filter(|i| i.device == *d).map(|i| format!("{} {:.3} GB", i.what, gb(i.bytes))).collect();
+                format!("{d}: {:.3} GB ({})", gb(self.bytes_on(d)), parts.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Refuses plans over a budget: `memory.host_max_gb`, the host's available
+    /// memory, and on a GPU `memory.gpu_max_gb` / `memory.gpu_fraction`.
+    pub fn check(&self, config: &Config, dense: DenseDevice) -> anyhow::Result<()> {
+        let host = self.bytes_on(TABLE_DEVICE);
+        let hint = "lower vocab.buckets or model.dim, or use a smaller optimizer state (bias_correction, weight_decay)";
+        if let Some(max) = config.memory.host_max_gb {
+            if gb(host) > max {
+                bail!("host memory plan {:.2} GB is over memory.host_max_gb = {max}: {}; {hint}", gb(host), self.describe());
+            }
+        }
+        if let Some(avail) = crate::sys::available_memory_bytes() {
+            if host > avail {
+                bail!("host memory plan {:.2} GB exceeds the {:.2} GB available: {}; {hint}", gb(host), gb(avail), self.describe());
+            }
+        }
+        if let DenseDevice::Cuda(n) = dense {
+            let need = self.bytes_on(&dense.tf_name());
+            let mut limit = config.memory.gpu_max_gb.map(|g| (g, "memory.gpu_max_gb".to_string()));
+            if let Some(f) = config.memory.gpu_fraction {
+                let total = gpu_total_bytes(n)?;
+                let by_fraction = gb(total) * f;
+                if limit.as_ref().is_none_or(|(g, _)| by_fraction < *g) {
+                    limit = Some((by_fraction, format!("memory.gpu_fraction = {f} of {:.1} GB", gb(total))));
+                }
+            }
+            if let Some((max, name)) = limit {
+                if gb(need) > max {
+                    bail!("GPU memory plan {:.3} GB for cuda:{n} is over {name} ({max:.3} GB): {}", gb(need), self.describe());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Total memory of CUDA device `n`, from the driver.
+#[cfg(feature = "cuda")]
+fn gpu_total_bytes(n: usize) -> anyhow::Result<u64> {
+    use cudarc::driver::result;
+    result::init().map_err(|e| anyhow::anyhow!("CUDA driver: {e:?}"))?;
+    let dev = result::device::get(n as i32).map_err(|e| anyhow::anyhow!("CUDA device {n}: {e:?}"))?;
+    // SAFETY: `dev` is a valid device handle from the initialised driver.
+    let total = unsafe { result::device::total_mem(dev) }.map_err(|e| anyhow::anyhow!("CUDA device {n} memory: {e:?}"))?;
+    Ok(total as u64)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_total_bytes(_n: usize) -> anyhow::Result<u64> {
+    bail!("memory.gpu_fraction needs a CUDA build (cargo build --release --features cuda)")
+}
