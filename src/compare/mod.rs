@@ -154,6 +154,11 @@ pub fn execute(plan: &Plan, options: &Options) -> anyhow::Result<Report> {
         jobs: workers,
         interrupted,
     };
+    if options.progress {
+        for stale in stale_runs(plan) {
+            eprintln!("note: {} is not part of this comparison (an earlier one?); TensorBoard on {} shows it too", stale.display(), plan.dir.display());
+        }
+    }
     let report = report::build(plan, &results, &ctx);
     let plots = match plot::write(&report, &plan.dir) {
         Ok(p) => p,
@@ -166,12 +171,33 @@ pub fn execute(plan: &Plan, options: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Run directories under `plan.dir` that this plan did not make (left by an earlier comparison).
+fn stale_runs(plan: &Plan) -> Vec<PathBuf> {
+    let mut stale = Vec::new();
+    let Ok(arms) = std::fs::read_dir(&plan.dir) else { return stale };
+    for arm in arms.flatten().filter(|e| e.path().is_dir()) {
+        let name = arm.file_name().to_string_lossy().into_owned();
+        let Ok(seeds) = std::fs::read_dir(arm.path()) else { continue };
+        for seed in seeds.flatten() {
+            let dir_name = seed.file_name().to_string_lossy().into_owned();
+            let Some(k) = dir_name.strip_prefix("seed-").and_then(|k| k.parse::<u64>().ok()) else { continue };
+            if !(plan.arms.iter().any(|a| a.name == name) && plan.seeds.contains(&k)) {
+                stale.push(seed.path());
+            }
+        }
+    }
+    stale.sort();
+    stale
+}
+
 fn print_plan(plan: &Plan, runner: &str, jobs: usize) {
     eprintln!(
-        "compare {}: {} arms × {} seeds = {} runs into {}/ ({runner}, {jobs} at a time)",
+        "compare {}: {} arm{} × {} seed{} = {} runs into {}/ ({runner}, {jobs} at a time)",
         plan.name,
         plan.arms.len(),
+        if plan.arms.len() == 1 { "" } else { "s" },
         plan.seeds.len(),
+        if plan.seeds.len() == 1 { "" } else { "s" },
         plan.runs(),
         plan.dir.display()
     );

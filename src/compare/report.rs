@@ -468,9 +468,11 @@ fn header_line(r: &Report) -> String {
     let runner = if r.runner == "subprocess" { "each run in its own process" } else { "runs in one process (peak RSS is process-wide)" };
     let jobs = if r.jobs == 1 { "one at a time".to_string() } else { format!("{} at a time (runs shared the CPU: timings are not those of a lone run)", r.jobs) };
     format!(
-        "{} arms × {} seeds ({}), baseline `{}`; {runner}, {jobs}",
+        "{} arm{} × {} seed{} ({}), baseline `{}`; {runner}, {jobs}",
         r.arms.len(),
+        if r.arms.len() == 1 { "" } else { "s" },
         r.seeds.len(),
+        if r.seeds.len() == 1 { "" } else { "s" },
         r.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
         r.baseline
     )
