@@ -215,8 +215,13 @@ fn export_next_version_with(run_dir: &Path, base: &Path, options: &ExportOptions
 
 /// [`export_run`] with options.
 pub fn export_with(run_dir: &Path, out: &Path, options: &ExportOptions) -> anyhow::Result<PathBuf> {
-    if out.exists() && !options.force {
-        bail!("{} already exists: export to a new version folder, or pass --force to replace it", out.display());
+    if out.exists() {
+        if !options.force {
+            bail!("{} already exists: export to a new version folder, or pass --force to replace it", out.display());
+        }
+        if !out.join(MANIFEST_FILE).is_file() {
+            bail!("refusing to replace {}: it is not a model bundle (no {MANIFEST_FILE}); did you mean a version folder inside it?", out.display());
+        }
     }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut staged = stage(run_dir, parent, options)?;
@@ -382,6 +387,9 @@ impl Staged {
         if out.exists() {
             if !replace {
                 bail!("{} already exists: export to a new version folder, or pass --force to replace it", out.display());
+            }
+            if !out.join(MANIFEST_FILE).is_file() {
+                bail!("refusing to replace {}: it is not a model bundle (no {MANIFEST_FILE}); did you mean a version folder inside it?", out.display());
             }
             let aside = tempfile::Builder::new().prefix(".tmp-replaced-").tempdir_in(parent)?.keep();
             std::fs::rename(out, aside.join("old")).with_context(|| format!("cannot move {} aside", out.display()))?;

@@ -173,6 +173,11 @@ fn export_refuses_to_overwrite_unless_forced_and_numbers_versions() {
     assert_eq!(Manifest::read(&v1).unwrap().source.checkpoint, f.checkpoints[0].file_name().unwrap().to_str().unwrap());
     assert_eq!(files_in(&base), BTreeSet::from(["1".to_string(), "2".to_string()]));
 
+    // --force never replaces something that is not a bundle (e.g. the base folder by mistake).
+    let err = format!("{:#}", export::export_with(&f.run_dir, &base, &ExportOptions { force: true, ..Default::default() }).unwrap_err());
+    assert!(err.contains("not a model bundle"), "{err}");
+    assert_eq!(files_in(&base), BTreeSet::from(["1".to_string(), "2".to_string()]));
+
     // A failing export (not a run directory) leaves nothing behind either.
     assert!(export::export_run(tmp.path(), &base.join("3")).is_err());
     assert_eq!(files_in(&base), BTreeSet::from(["1".to_string(), "2".to_string()]));
