@@ -214,7 +214,8 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         }
     };
     let head = Head::<B>::from_weights(&head_weights, &device);
-    let metrics = MetricsLog::open(&dir, checkpoint.as_ref().map(|c| c.state.step))?;
+    // A fresh run in a reused directory starts a fresh log; a resumed one drops records past its checkpoint.
+    let metrics = MetricsLog::open(&dir, Some(checkpoint.as_ref().map_or(0, |c| c.state.step)))?;
     let summary = if config.logging.tensorboard { Some(RunSummary::create(&dir)?) } else { None };
 
     let mut run = Run {
@@ -406,12 +407,11 @@ impl<B: AutodiffBackend> Run<B> {
         let correct = predicted.iter().zip(&batch.labels).filter(|(p, l)| **p == **l as i64).count();
         lap(&mut self.timings.head_forward_ms);
         if !loss_value.is_finite() {
-            bail!(
-                "loss became {loss_value} at step {} (epoch {}); stopping. The last good checkpoint is in {}",
-                self.state.step + 1,
-                self.state.epoch,
-                checkpoint::checkpoints_dir(&self.dir).display()
-            );
+            let last_good = match checkpoint::latest(&self.dir) {
+                Ok(dir) => format!("the last good checkpoint is {}", dir.display()),
+                Err(_) => "no checkpoint was written before it".to_string(),
+            };
+            bail!("loss became {loss_value} at step {} (epoch {}); stopping: {last_good}", self.state.step + 1, self.state.epoch + 1);
         }
 
         let mut grads = loss.backward();

@@ -1,0 +1,229 @@
+//! Faults a user causes by accident: SIGKILL at random points, Ctrl-C, corrupt
+//! or truncated checkpoints, a full disk, a diverging loss. None may lose work:
+//! the latest complete checkpoint always loads, and resuming ends bit-identical
+//! to a run that was never interrupted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sparseburn::train::checkpoint::{self, Checkpoint};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sparseburn");
+
+/// A small, fast quickstart that checkpoints often (20k buckets keep checkpoints small).
+fn train_args(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["train", "configs/quickstart.toml"].iter().map(|s| s.to_string()).collect();
+    for set in ["logging.quiet=true", "vocab.buckets=20000", "train.epochs=12", "checkpoint.every=7", "checkpoint.keep=2", "logging.histogram_every=10"]
+        .iter()
+        .chain(extra)
+    {
+        args.push("--set".into());
+        args.push(set.to_string());
+    }
+    args
+}
+
+fn spawn(args: &[String]) -> Child {
+    Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start sparseburn")
+}
+
+fn run(args: &[String]) -> Output {
+    Command::new(BIN).args(args).output().expect("run sparseburn")
+}
+
+fn fresh(dir: &Path) -> Vec<String> {
+    let mut a = train_args(&[]);
+    a.extend(["--run-dir".to_string(), dir.display().to_string()]);
+    a
+}
+
+fn resume(dir: &Path) -> Vec<String> {
+    vec!["train".into(), "--resume".into(), dir.display().to_string()]
+}
+
+/// The final weights and table-optimizer state, as bytes.
+fn final_state(dir: &Path) -> Vec<Vec<u8>> {
+    let ckpt = checkpoint::latest(dir).unwrap();
+    ["model.safetensors", "table_optimizer.safetensors"].iter().map(|f| std::fs::read(ckpt.join(f)).unwrap()).collect()
+}
+
+fn has_checkpoint(dir: &Path) -> bool {
+    checkpoint::latest(dir).is_ok()
+}
+
+/// Deterministic pseudo-random numbers for kill times (a test must be repeatable).
+struct Lcg(u64);
+impl Lcg {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[test]
+fn sigkill_at_random_points_then_resume_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    let started = Instant::now();
+    let out = run(&fresh(&reference));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let duration = started.elapsed();
+    let want = final_state(&reference);
+
+    let mut rng = Lcg(2024);
+    let (mut kills, mut during_checkpoint, mut before_first_checkpoint) = (0, 0, 0);
+    let trials = 12;
+    for trial in 0..trials {
+        let dir = tmp.path().join(format!("trial-{trial}"));
+        // Up to two kills per trial at random times, then let it finish.
+        for attempt in 0..3 {
+            let args = if has_checkpoint(&dir) { resume(&dir) } else { fresh(&dir) };
+            let mut child = spawn(&args);
+            if attempt < 2 {
+                std::thread::sleep(duration.mul_f64(rng.next_f64() * 1.1));
+                if child.try_wait().unwrap().is_none() {
+                    child.kill().unwrap(); // SIGKILL
+                    kills += 1;
+                }
+                child.wait().unwrap();
+                let tmp_dirs = std::fs::read_dir(dir.join("checkpoints")).map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-")).count());
+                during_checkpoint += (tmp_dirs > 0) as usize;
+                before_first_checkpoint += (!has_checkpoint(&dir)) as usize;
+                // Whatever happened, the latest checkpoint (if any) is complete and verifies.
+                if let Ok(latest) = checkpoint::latest(&dir) {
+                    let c = Checkpoint::open(&latest).unwrap_or_else(|e| panic!("trial {trial}: latest checkpoint unreadable after kill: {e:#}"));
+                    c.model().unwrap();
+                }
+            } else {
+                let out = child.wait_with_output().unwrap();
+                assert!(out.status.success(), "trial {trial}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        assert!(final_state(&dir) == want, "trial {trial}: resumed weights differ from the uninterrupted run");
+    }
+    eprintln!("{trials} trials, {kills} SIGKILLs ({during_checkpoint} left a half-written checkpoint folder, {before_first_checkpoint} came before the first checkpoint): all resumed bit-identical");
+    assert!(kills >= 10);
+}
+
+#[test]
+fn ctrl_c_writes_a_final_checkpoint_and_resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reference, dir) = (tmp.path().join("reference"), tmp.path().join("interrupted"));
+    assert!(run(&fresh(&reference)).status.success());
+    let mut child = spawn(&fresh(&dir));
+    // Wait until training is under way, then send SIGINT.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(dir.join("metrics.jsonl")).map_or(0, |m| m.lines().count()) < 20 {
+        assert!(Instant::now() < deadline, "training never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "Ctrl-C must end the run cleanly, got {status}");
+    let stopped = Checkpoint::open(&checkpoint::latest(&dir).unwrap()).unwrap();
+    assert!(stopped.state.step < 180, "interrupted at step {}", stopped.state.step);
+    // TensorBoard files were flushed: the event file holds more than its header.
+    let events = std::fs::read_dir(&dir).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("events.out")).unwrap();
+    assert!(events.metadata().unwrap().len() > 1000);
+    assert!(run(&resume(&dir)).status.success());
+    assert!(final_state(&dir) == final_state(&reference));
+}
+
+fn latest_file(dir: &Path, name: &str) -> PathBuf {
+    checkpoint::latest(dir).unwrap().join(name)
+}
+
+fn resume_error(dir: &Path) -> String {
+    let out = run(&resume(dir));
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn corrupt_checkpoints_are_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    assert!(run(&[fresh(&dir), vec!["--set".into(), "train.epochs=1".into()]].concat()).status.success());
+    let latest_name = std::fs::read_to_string(dir.join("checkpoints/LATEST")).unwrap();
+    let model = latest_file(&dir, "model.safetensors");
+    let original = std::fs::read(&model).unwrap();
+
+    // A flipped byte in the middle of the table.
+    let mut flipped = original.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    std::fs::write(&model, &flipped).unwrap();
+    let e = resume_error(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("checksum mismatch"), "{e}");
+
+    // Truncated.
+    std::fs::write(&model, &original[..original.len() / 3]).unwrap();
+    let e = resume_error(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("checksum mismatch"), "{e}");
+    std::fs::write(&model, &original).unwrap();
+
+    // A checkpoint from another format version says so.
+    let manifest = latest_file(&dir, "MANIFEST.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
+    let e = resume_error(&dir);
+    assert!(e.contains("format version 99") && e.contains("not supported"), "{e}");
+    std::fs::write(&manifest, &text).unwrap();
+
+    // A corrupt manifest, and a LATEST pointing nowhere.
+    std::fs::write(&manifest, "{ not json").unwrap();
+    let e = resume_error(&dir);
+    assert!(e.contains("MANIFEST.json") && e.contains("corrupt manifest"), "{e}");
+    std::fs::write(&manifest, &text).unwrap();
+    std::fs::write(dir.join("checkpoints/LATEST"), "step-99999999").unwrap();
+    let e = resume_error(&dir);
+    assert!(e.contains("step-99999999") && e.contains("does not exist"), "{e}");
+
+    // A corrupt saved config names the file and the problem.
+    std::fs::write(dir.join("checkpoints/LATEST"), &latest_name).unwrap();
+    std::fs::write(dir.join("config.toml"), "[train]\nbatch_size = \"x\"\n").unwrap();
+    let e = resume_error(&dir);
+    assert!(e.contains("config.toml") && e.contains("train.batch_size"), "{e}");
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut first = fresh(&dir);
+    first.extend(["--set".into(), "train.epochs=1".into(), "--set".into(), "vocab.buckets=200000".into()]);
+    assert!(run(&first).status.success());
+    let before = checkpoint::latest(&dir).unwrap();
+    let before_bytes = final_state(&dir);
+    // Resume with a 4 MB file-size limit: the next checkpoint (≈50 MB table) cannot be written.
+    // SIGXFSZ is ignored so the write fails with EFBIG instead of killing the process.
+    // Extend the run by one epoch (resume reads the saved config).
+    let config = dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("epochs = 1", "epochs = 2");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new("bash").arg("-c").arg(format!("trap '' XFSZ; ulimit -f 4096; exec {BIN} train --resume {}", dir.display())).output().unwrap();
+    assert!(!out.status.success(), "the checkpoint cannot fit, so the run must fail");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("model.safetensors") && (e.contains("File too large") || e.contains("No space")), "{e}");
+    // The previous checkpoint is still the latest, complete and unchanged.
+    assert_eq!(checkpoint::latest(&dir).unwrap(), before);
+    Checkpoint::open(&before).unwrap();
+    assert!(final_state(&dir) == before_bytes);
+}
+
+#[test]
+fn a_diverging_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut args = fresh(&dir);
+    // Huge head steps overflow f32 within a few steps.
+    args.extend(["--set".into(), "optimizer.head.lr=3e38".into(), "--set".into(), "optimizer.table.lr=3e38".into(), "--set".into(), "checkpoint.every=1".into()]);
+    let out = run(&args);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("loss became") && e.contains("at step"), "{e}");
+    let latest = checkpoint::latest(&dir).expect("a checkpoint before the divergence");
+    assert!(e.contains(&latest.display().to_string()), "the message names the last good checkpoint: {e}");
+    Checkpoint::open(&latest).unwrap().model().unwrap();
+}
