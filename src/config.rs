@@ -189,7 +189,8 @@ impl Default for CheckpointConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExportConfig {
-    /// Export a model bundle here at the end of training.
+    /// Model base (e.g. `models/sotu`): at the end of `sparseburn train` the run is
+    /// exported as the next numbered version under it, where `serve` picks it up.
     pub dir: Option<PathBuf>,
 }
 

@@ -58,6 +58,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 e.accuracy, e.k, e.top_k_accuracy, e.loss, e.examples, outcome.steps, outcome.examples_per_second
             );
             println!("run directory: {}", outcome.run_dir.display());
+            if let (Some(base), false) = (&config.export.dir, outcome.interrupted) {
+                let bundle = sparseburn::export::export_next_version(&outcome.run_dir, base)?;
+                println!("exported: {}", bundle.display());
+            }
             if outcome.interrupted {
                 println!("interrupted: resume with `sparseburn train --resume {}`", outcome.run_dir.display());
             }
