@@ -2,8 +2,10 @@
 
 use rayon::prelude::*;
 
+use super::adam::{SharedMut, PREFETCH_ROWS, ROWS_PER_TASK};
 use super::state::{StateData, StateError, StateSource};
 use super::TableOptimizer;
+use crate::model::table::prefetch;
 use crate::model::{EmbeddingTable, SparseGrad};
 
 #[derive(Debug, Default)]
@@ -25,21 +27,28 @@ impl TableOptimizer for Sgd {
     fn step(&mut self, table: &mut EmbeddingTable, grad: &SparseGrad, lr: f32) {
         self.step += 1;
         let dim = table.dim();
-        // Gather the touched rows' (disjoint) slices, then update them in parallel.
-        let mut rows: Vec<&mut [f32]> = Vec::with_capacity(grad.len());
-        let mut rest = table.as_mut_slice();
-        let mut consumed = 0;
-        for &r in grad.rows() {
-            let start = r as usize * dim - consumed;
-            let (_, tail) = rest.split_at_mut(start);
-            let (row, tail) = tail.split_at_mut(dim);
-            rows.push(row);
-            rest = tail;
-            consumed = (r as usize + 1) * dim;
+        assert_eq!(grad.dim(), dim, "gradient and table dims differ");
+        let rows = grad.rows();
+        if let Some(&last) = rows.last() {
+            assert!((last as usize) < table.rows(), "row id {last} out of range for {} rows", table.rows());
         }
-        rows.par_iter_mut().enumerate().with_min_len(256).for_each(|(k, w)| {
-            for (w, g) in w.iter_mut().zip(grad.row_values(k)) {
-                *w -= lr * g;
+        let w = SharedMut(table.as_mut_slice().as_mut_ptr());
+        // Same shape as LazyAdam: runs of sorted rows per task, rows ahead prefetched.
+        rows.par_chunks(ROWS_PER_TASK).zip(grad.values().par_chunks(ROWS_PER_TASK * dim)).for_each(|(rows, g)| {
+            let fetch = |k: usize| {
+                if let Some(&ahead) = rows.get(k) {
+                    prefetch(w.0.wrapping_add(ahead as usize * dim), dim);
+                }
+            };
+            (0..PREFETCH_ROWS).for_each(fetch);
+            for (k, (&row, g)) in rows.iter().zip(g.chunks_exact(dim)).enumerate() {
+                fetch(k + PREFETCH_ROWS);
+                // SAFETY: rows are sorted, unique and < table.rows() (checked above), so
+                // each task writes a distinct row.
+                let w = unsafe { w.slice(row as usize * dim, dim) };
+                for (w, g) in w.iter_mut().zip(g) {
+                    *w -= lr * g;
+                }
             }
         });
     }
