@@ -6,6 +6,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::sparse_grad::SparseGrad;
+use super::table::prefetch;
 
 /// How a bag's rows are combined.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,50 +65,94 @@ impl<'a> Bags<'a> {
     }
 }
 
-/// Pools every bag from the row-major `table` (`dim` columns) into `out`
-/// (`bags.len() × dim`), in parallel over bags.
-pub fn bag_forward(table: &[f32], dim: usize, bags: Bags<'_>, pooling: Pooling, out: &mut [f32]) {
-    assert_eq!(out.len(), bags.len() * dim, "output must be batch * dim");
-    out.par_chunks_mut(dim).enumerate().for_each(|(b, pooled)| {
-        pool_one(table, dim, bags.bag(b), pooling, pooled);
-    });
+/// Bags per rayon task: a batch of 256 bags gives 32 tasks, enough to balance
+/// 2–16 threads while each task is long enough to hide the scheduling cost.
+const BAGS_PER_TASK: usize = 8;
+
+/// Ids ahead whose rows are prefetched. Rows are scattered over a table much
+/// larger than the caches, so each is a memory access; keeping several in
+/// flight is what makes the gather fast (see BENCHMARKS.md).
+const PREFETCH_IDS: usize = 16;
+
+#[inline(always)]
+fn prefetch_id(table: &[f32], dim: usize, ids: &[u32], k: usize) {
+    if let Some(&id) = ids.get(k) {
+        prefetch(table.as_ptr().wrapping_add(id as usize * dim), dim);
+    }
 }
 
-/// Pools a single bag into `out` (`dim` values). Used by the predictor too, so
-/// serving and training pool identically.
-pub fn pool_one(table: &[f32], dim: usize, ids: &[u32], pooling: Pooling, out: &mut [f32]) {
-    out.fill(0.0);
-    for &id in ids {
-        let row = &table[id as usize * dim..(id as usize + 1) * dim];
-        for (o, r) in out.iter_mut().zip(row) {
-            *o += r;
-        }
+/// `out += row`, vectorised (equal lengths, no bounds checks in the loop).
+#[inline(always)]
+fn add_row(out: &mut [f32], row: &[f32]) {
+    let row = &row[..out.len()];
+    for (o, r) in out.iter_mut().zip(row) {
+        *o += r;
     }
-    let scale = pooling.scale(ids.len());
+}
+
+#[inline(always)]
+fn scale_row(out: &mut [f32], scale: f32) {
     if scale != 1.0 {
         out.iter_mut().for_each(|o| *o *= scale);
     }
 }
 
+/// Pools every bag from the row-major `table` (`dim` columns) into `out`
+/// (`bags.len() × dim`), in parallel over groups of bags.
+pub fn bag_forward(table: &[f32], dim: usize, bags: Bags<'_>, pooling: Pooling, out: &mut [f32]) {
+    assert_eq!(out.len(), bags.len() * dim, "output must be batch * dim");
+    if out.is_empty() {
+        return;
+    }
+    out.par_chunks_mut(dim * BAGS_PER_TASK).enumerate().for_each(|(c, out)| {
+        let first = c * BAGS_PER_TASK;
+        // All of this task's ids in order, so prefetching runs across bag boundaries.
+        let ids = &bags.ids[bags.offsets[first]..bags.offsets[first + out.len() / dim]];
+        (0..PREFETCH_IDS).for_each(|k| prefetch_id(table, dim, ids, k));
+        let mut k = 0;
+        for (b, pooled) in out.chunks_exact_mut(dim).enumerate() {
+            let bag = bags.bag(first + b);
+            pooled.fill(0.0);
+            for &id in bag {
+                prefetch_id(table, dim, ids, k + PREFETCH_IDS);
+                k += 1;
+                add_row(pooled, &table[id as usize * dim..(id as usize + 1) * dim]);
+            }
+            scale_row(pooled, pooling.scale(bag.len()));
+        }
+    });
+}
+
+/// Pools a single bag into `out` (`dim` values). Used by evaluation and the
+/// predictor too, so serving and training pool identically (same order of
+/// additions, same scaling).
+pub fn pool_one(table: &[f32], dim: usize, ids: &[u32], pooling: Pooling, out: &mut [f32]) {
+    out.fill(0.0);
+    (0..PREFETCH_IDS).for_each(|k| prefetch_id(table, dim, ids, k));
+    for (k, &id) in ids.iter().enumerate() {
+        prefetch_id(table, dim, ids, k + PREFETCH_IDS);
+        add_row(out, &table[id as usize * dim..(id as usize + 1) * dim]);
+    }
+    scale_row(out, pooling.scale(ids.len()));
+}
+
 /// Backward of [`bag_forward`]: given `d_pooled` (`bags.len() × dim`), writes the
-/// sparse gradient of the table into `grad` (its buffers are reused).
+/// sparse gradient of the table into `grad` (its buffers are reused, so a
+/// step allocates nothing once they have grown).
+///
+/// Each occurrence of a row in bag `b` contributes `scale(b) · d_pooled[b]`;
+/// a row's contributions are summed in increasing bag order.
 pub fn bag_backward(bags: Bags<'_>, pooling: Pooling, d_pooled: &[f32], grad: &mut SparseGrad) {
     let dim = grad.dim();
     assert_eq!(d_pooled.len(), bags.len() * dim, "d_pooled must be batch * dim");
-    // Bag index of every occurrence, found once so `add` is O(dim).
-    let mut bag_of = Vec::with_capacity(bags.ids.len());
-    for b in 0..bags.len() {
-        bag_of.extend(std::iter::repeat_n(b as u32, bags.bag(b).len()));
-    }
     grad.coalesce(
-        bags.ids.len(),
-        |k| bags.ids[k],
-        |k, out| {
-            let b = bag_of[k] as usize;
-            let scale = pooling.scale(bags.bag(b).len());
-            for (o, g) in out.iter_mut().zip(&d_pooled[b * dim..(b + 1) * dim]) {
-                *o += scale * g;
+        // Occurrences are named by their bag: that is all a contribution needs,
+        // and CSR order already lists them by increasing bag.
+        |pairs| {
+            for b in 0..bags.len() {
+                pairs.extend(bags.bag(b).iter().map(|&id| (id, b as u32)));
             }
         },
+        |b| (pooling.scale(bags.bag(b).len()), &d_pooled[b * dim..(b + 1) * dim]),
     );
 }
