@@ -1,15 +1,94 @@
-//! Benchmarks behind `sparseburn bench` (owned by the bench helper; stub until then).
+//! Benchmarks behind `sparseburn bench`: figures printed to the terminal and,
+//! with `--json`, written as JSON. These are measurements, not tests: they
+//! never fail on a slow machine. Results and commands live in BENCHMARKS.md.
 
-/// `sparseburn bench optim|train|predict`
+mod dump;
+mod optim;
+mod stats;
+mod train;
+mod triad;
+
+pub use dump::DumpArgs;
+pub use optim::OptimArgs;
+pub use train::TrainBenchArgs;
+pub use triad::{triad, TriadArgs, TriadResult};
+
+/// `sparseburn bench <optim|train|triad|dump-ids> [args...]`
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Which benchmark: optim, train or predict.
-    pub which: String,
-    /// Remaining arguments for that benchmark.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub rest: Vec<String>,
+    #[command(subcommand)]
+    pub bench: BenchCommand,
 }
 
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("bench is not implemented yet")
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Table optimizers (lazy_adam, dense_adam, sgd) and the fused bag
+    /// forward/backward on Zipf batches, beside a STREAM triad.
+    Optim(OptimArgs),
+    /// End-to-end training for a fixed number of steps: examples/s, tokens/s,
+    /// the step-time split, peak RSS and accuracy.
+    Train(TrainBenchArgs),
+    /// The STREAM-style triad alone (a = b + s·c), the machine's bandwidth yardstick.
+    Triad(TriadArgs),
+    /// Writes a config's encoded train/test row ids, offsets and labels as raw
+    /// little-endian arrays, so another framework can train on identical inputs
+    /// (see benches/torch_sparseadam.py).
+    DumpIds(DumpArgs),
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.bench {
+        BenchCommand::Optim(a) => optim::run(a),
+        BenchCommand::Train(a) => train::run(a),
+        BenchCommand::Triad(a) => triad::run(a),
+        BenchCommand::DumpIds(a) => dump::run(a),
+    }
+}
+
+/// Runs `f` on a rayon pool of `threads` threads (0 = rayon's default, all cores).
+fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    Ok(pool.install(f))
+}
+
+/// Writes `value` as pretty JSON to `path` (creating parent folders).
+fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n")?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// A short description of the machine, recorded with every result.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MachineInfo {
+    pub cpu: String,
+    pub cores: usize,
+    pub threads_used: usize,
+    pub memory_gb: f64,
+}
+
+impl MachineInfo {
+    pub fn current() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        MachineInfo {
+            cpu,
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            threads_used: rayon::current_num_threads(),
+            memory_gb: mem_kib as f64 * 1024.0 / 1e9,
+        }
+    }
 }

@@ -1,0 +1,363 @@
+//! `sparseburn bench optim`: one table-optimizer step (lazy_adam, dense_adam,
+//! sgd) and the fused bag forward/backward on synthetic batches of Zipf ids,
+//! for several table sizes, beside a STREAM triad measured in the same run.
+//!
+//! Each timed step is what training does: pool the batch from the table, turn
+//! a fixed `d pooled` into a sparse gradient (sort + dedupe + sum), then step
+//! the optimizer. Only the three phases are timed, separately.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::bail;
+use clap::Args;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Zipf};
+use serde::Serialize;
+
+use super::stats::Summary;
+use super::triad::{triad, TriadResult};
+use super::MachineInfo;
+use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableInit};
+use crate::optim::{BiasCorrection, TableOptimizerConfig, TableOptimizerKind};
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct OptimArgs {
+    /// Table sizes (rows), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000,10000000")]
+    pub rows: Vec<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub dim: usize,
+    /// Bags per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Ids per bag.
+    #[arg(long, default_value_t = 32)]
+    pub bag: usize,
+    /// Zipf exponent of the id distribution.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Timed steps per optimizer and size (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Untimed steps first (caches, branch predictors, rayon's threads).
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Timed steps for dense_adam, which reads and writes the whole table every
+    /// step (default: --steps).
+    #[arg(long)]
+    pub dense_steps: Option<usize>,
+    /// Optimizers to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "lazy_adam,dense_adam,sgd")]
+    pub optimizers: Vec<String>,
+    /// Adam bias correction: global, per_row or none.
+    #[arg(long, default_value = "global")]
+    pub bias_correction: String,
+    /// Decoupled weight decay (lazy rows catch up what they missed).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Size of each triad array in GB (0 = skip the triad).
+    #[arg(long, default_value_t = 1.0)]
+    pub triad_gb: f64,
+    #[arg(long, default_value_t = 10)]
+    pub triad_reps: usize,
+    /// Use Zipf ranks as row ids, so the hot rows sit together at the start of
+    /// the table. By default ranks are scattered over the table by a fixed
+    /// bijection, as hashing scatters a real vocabulary.
+    #[arg(long)]
+    pub contiguous_ids: bool,
+    /// Threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Also write the results here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One optimizer on one table size.
+#[derive(Clone, Debug, Serialize)]
+pub struct OptimRun {
+    pub rows: usize,
+    pub optimizer: String,
+    pub warmup_steps: usize,
+    pub timed_steps: usize,
+    /// Mean unique rows per batch (rows the lazy optimizers touch).
+    pub touched_rows: f64,
+    pub optimizer_step: Summary,
+    pub bag_forward: Summary,
+    pub bag_backward: Summary,
+    /// Rows updated per second: touched rows for lazy optimizers, every row for dense.
+    pub rows_per_s: f64,
+    /// Bytes the update reads and writes per step (see `update_bytes`).
+    pub bytes_per_step: f64,
+    /// `bytes_per_step` / median step time.
+    pub gb_per_s: f64,
+    /// `gb_per_s` / triad bandwidth.
+    pub triad_fraction: Option<f64>,
+    /// Seconds to allocate and pre-fault the optimizer state.
+    pub state_init_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OptimReport {
+    pub machine: MachineInfo,
+    pub args: OptimArgs,
+    pub triad: Option<TriadResult>,
+    pub runs: Vec<OptimRun>,
+    pub targets: Vec<Target>,
+}
+
+/// A figure set against its target (issue 7).
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub value: f64,
+    pub target: String,
+    pub met: bool,
+}
+
+fn kind(name: &str) -> anyhow::Result<TableOptimizerKind> {
+    Ok(match name {
+        "lazy_adam" => TableOptimizerKind::LazyAdam,
+        "dense_adam" => TableOptimizerKind::DenseAdam,
+        "sgd" => TableOptimizerKind::Sgd,
+        other => bail!("unknown optimizer {other:?} (lazy_adam, dense_adam, sgd)"),
+    })
+}
+
+fn bias_correction(name: &str) -> anyhow::Result<BiasCorrection> {
+    Ok(match name {
+        "global" => BiasCorrection::Global,
+        "per_row" => BiasCorrection::PerRow,
+        "none" => BiasCorrection::None,
+        other => bail!("unknown bias correction {other:?} (global, per_row, none)"),
+    })
+}
+
+/// Bytes one step reads and writes, counting each array once per row it visits:
+/// Adam reads g, m, v, w and writes m, v, w (plus the per-row step count or
+/// decay mark when enabled); SGD reads g, w and writes w. Dense Adam visits
+/// every row (g only for the touched ones).
+fn update_bytes(config: &TableOptimizerConfig, rows: usize, touched: f64, dim: usize) -> f64 {
+    let row = (dim * 4) as f64;
+    let mut extra = 0.0;
+    if config.bias_correction == BiasCorrection::PerRow {
+        extra += 8.0;
+    }
+    if config.weight_decay != 0.0 {
+        extra += 16.0;
+    }
+    match config.kind {
+        TableOptimizerKind::LazyAdam => touched * (7.0 * row + extra),
+        TableOptimizerKind::DenseAdam => rows as f64 * (6.0 * row + extra) + touched * row,
+        TableOptimizerKind::Sgd => touched * 3.0 * row,
+    }
+}
+
+/// Knuth's multiplicative constant: a prime, so `rank·P mod rows` is a
+/// bijection for every table size not divisible by it.
+const SCATTER: u64 = 2_654_435_761;
+
+/// `n` batches of `batch` bags × `bag` Zipf-distributed ids over `rows` rows.
+fn zipf_batches(args: &OptimArgs, rows: usize, n: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+    let zipf = Zipf::new(rows as f64, args.zipf)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let scatter = !args.contiguous_ids && (rows as u64) % SCATTER != 0;
+    Ok((0..n)
+        .map(|_| {
+            (0..args.batch * args.bag)
+                .map(|_| {
+                    let rank = zipf.sample(&mut rng) as u64 - 1;
+                    (if scatter { rank * SCATTER % rows as u64 } else { rank }) as u32
+                })
+                .collect()
+        })
+        .collect())
+}
+
+const DISTINCT_BATCHES: usize = 64;
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+pub fn run(args: OptimArgs) -> anyhow::Result<()> {
+    let report = super::with_threads(args.threads, || bench(&args))??;
+    print_report(&report);
+    if let Some(path) = &args.json {
+        super::write_json(path, &report)?;
+    }
+    Ok(())
+}
+
+fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
+    let kinds: Vec<TableOptimizerKind> = args.optimizers.iter().map(|n| kind(n)).collect::<anyhow::Result<_>>()?;
+    let bias = bias_correction(&args.bias_correction)?;
+    if args.steps == 0 || args.batch == 0 || args.bag == 0 {
+        bail!("--steps, --batch and --bag must be positive");
+    }
+    let machine = MachineInfo::current();
+    eprintln!("machine: {} ({} cores, {} threads used, {:.1} GB)", machine.cpu, machine.cores, machine.threads_used, machine.memory_gb);
+
+    // The triad first, before any table exists, so its 3 GB are free again.
+    let triad = (args.triad_gb > 0.0).then(|| {
+        let r = triad(args.triad_gb, args.triad_reps);
+        eprintln!("triad: {:.2} GB/s (best of {}; median {:.2})", r.gb_per_s, r.reps, r.median_gb_per_s);
+        r
+    });
+
+    let dim = args.dim;
+    let lr = 1e-3f32;
+    let mut runs = Vec::new();
+    for &rows in &args.rows {
+        let dense_steps = args.dense_steps.unwrap_or(args.steps).max(1);
+        // Distinct batches, cycled: enough that caches cannot learn them.
+        let batches = zipf_batches(args, rows, (args.warmup + args.steps.max(dense_steps)).min(DISTINCT_BATCHES))?;
+        let offsets: Vec<usize> = (0..=args.batch).map(|b| b * args.bag).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed);
+        let d_pooled: Vec<f32> = (0..args.batch * dim).map(|_| rng.random_range(-1e-2..1e-2)).collect();
+        let t = Instant::now();
+        let mut table = EmbeddingTable::new(rows, dim, TableInit::default(), args.seed);
+        eprintln!("{rows} rows × {dim}: table {:.2} GB initialised in {:.2} s", table.bytes() as f64 / 1e9, t.elapsed().as_secs_f64());
+        let mut pooled = vec![0.0f32; args.batch * dim];
+        let mut grad = SparseGrad::new(dim);
+
+        for &k in &kinds {
+            let config = TableOptimizerConfig { kind: k, lr: lr as f64, bias_correction: bias, weight_decay: args.weight_decay, ..Default::default() };
+            let t = Instant::now();
+            let mut optimizer = config.init(rows, dim);
+            let state_init_s = t.elapsed().as_secs_f64();
+            let timed = if k == TableOptimizerKind::DenseAdam { dense_steps } else { args.steps };
+            let (mut fwd, mut bwd, mut opt, mut touched) = (Vec::new(), Vec::new(), Vec::new(), 0usize);
+            for i in 0..args.warmup + timed {
+                let bags = Bags::new(&batches[i % batches.len()], &offsets);
+                let t = Instant::now();
+                bag_forward(table.as_slice(), dim, bags, Pooling::Mean, &mut pooled);
+                let f = ms(t);
+                let t = Instant::now();
+                bag_backward(bags, Pooling::Mean, &d_pooled, &mut grad);
+                let b = ms(t);
+                let t = Instant::now();
+                optimizer.step(&mut table, &grad, lr);
+                let o = ms(t);
+                std::hint::black_box(&pooled);
+                if i >= args.warmup {
+                    fwd.push(f);
+                    bwd.push(b);
+                    opt.push(o);
+                    touched += grad.len();
+                }
+            }
+            let touched = touched as f64 / timed as f64;
+            let step = Summary::of(&opt);
+            let bytes = update_bytes(&config, rows, touched, dim);
+            let gb_per_s = bytes / (step.median_ms / 1e3) / 1e9;
+            let updated = if k == TableOptimizerKind::DenseAdam { rows as f64 } else { touched };
+            let run = OptimRun {
+                rows,
+                optimizer: k.name().into(),
+                warmup_steps: args.warmup,
+                timed_steps: timed,
+                touched_rows: touched,
+                optimizer_step: step,
+                bag_forward: Summary::of(&fwd),
+                bag_backward: Summary::of(&bwd),
+                rows_per_s: updated / (step.median_ms / 1e3),
+                bytes_per_step: bytes,
+                gb_per_s,
+                triad_fraction: triad.map(|t| gb_per_s / t.gb_per_s),
+                state_init_s,
+            };
+            eprintln!(
+                "  {:<10} {:>9.3} ms/step (median of {timed}), {:.0} rows touched, {:.2} GB/s",
+                run.optimizer, step.median_ms, touched, gb_per_s
+            );
+            runs.push(run);
+        }
+    }
+    let targets = targets(&runs, triad.as_ref());
+    Ok(OptimReport { machine, args: args.clone(), triad, runs, targets })
+}
+
+fn find<'a>(runs: &'a [OptimRun], optimizer: &str, rows: usize) -> Option<&'a OptimRun> {
+    runs.iter().find(|r| r.optimizer == optimizer && r.rows == rows)
+}
+
+/// The issue-7 ratios that this run's figures can answer.
+fn targets(runs: &[OptimRun], triad: Option<&TriadResult>) -> Vec<Target> {
+    let mut out = Vec::new();
+    if triad.is_some() {
+        for r in runs.iter().filter(|r| r.optimizer == "lazy_adam") {
+            let f = r.triad_fraction.unwrap_or(0.0);
+            out.push(Target { name: format!("lazy_adam GB/s ÷ triad GB/s at {} rows", r.rows), value: f, target: "≥ 0.5".into(), met: f >= 0.5 });
+        }
+    }
+    let lazy: Vec<&OptimRun> = runs.iter().filter(|r| r.optimizer == "lazy_adam").collect();
+    if let (Some(small), Some(big)) = (lazy.iter().min_by_key(|r| r.rows), lazy.iter().max_by_key(|r| r.rows)) {
+        if big.rows > small.rows {
+            let ratio = big.optimizer_step.median_ms / small.optimizer_step.median_ms;
+            out.push(Target {
+                name: format!("lazy_adam ms/step at {} rows ÷ at {} rows", big.rows, small.rows),
+                value: ratio,
+                target: "≤ 1.2".into(),
+                met: ratio <= 1.2,
+            });
+        }
+    }
+    for r in runs.iter().filter(|r| r.optimizer == "dense_adam") {
+        if let Some(l) = find(runs, "lazy_adam", r.rows) {
+            let ratio = r.optimizer_step.median_ms / l.optimizer_step.median_ms;
+            let (target, met) = if r.rows == 1_000_000 { ("≥ 100".to_string(), ratio >= 100.0) } else { ("(shown)".to_string(), true) };
+            out.push(Target { name: format!("dense_adam ÷ lazy_adam ms/step at {} rows", r.rows), value: ratio, target, met });
+        }
+    }
+    out
+}
+
+fn print_report(r: &OptimReport) {
+    let a = &r.args;
+    println!();
+    println!(
+        "bench optim: {} threads, dim {}, {} bags × {} ids, Zipf({}) {} ids, {} warm-up + median of timed steps",
+        r.machine.threads_used,
+        a.dim,
+        a.batch,
+        a.bag,
+        a.zipf,
+        if a.contiguous_ids { "contiguous" } else { "scattered" },
+        a.warmup
+    );
+    if let Some(t) = &r.triad {
+        println!("triad (3 × {:.2} GB f64, best of {}): {:.2} GB/s", t.bytes_per_array as f64 / 1e9, t.reps, t.gb_per_s);
+    }
+    println!(
+        "{:>10} {:<10} {:>5} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7} {:>7} {:>8} {:>8}",
+        "rows", "optimizer", "steps", "ms/step", "p90 ms", "touched", "Mrows/s", "MB/step", "GB/s", "%triad", "fwd ms", "bwd ms"
+    );
+    for x in &r.runs {
+        println!(
+            "{:>10} {:<10} {:>5} {:>10.3} {:>10.3} {:>8.0} {:>10.2} {:>9.2} {:>7.2} {:>7} {:>8.3} {:>8.3}",
+            x.rows,
+            x.optimizer,
+            x.timed_steps,
+            x.optimizer_step.median_ms,
+            x.optimizer_step.p90_ms,
+            x.touched_rows,
+            x.rows_per_s / 1e6,
+            x.bytes_per_step / 1e6,
+            x.gb_per_s,
+            x.triad_fraction.map(|f| format!("{:.0}%", f * 100.0)).unwrap_or_else(|| "-".into()),
+            x.bag_forward.median_ms,
+            x.bag_backward.median_ms,
+        );
+    }
+    if !r.targets.is_empty() {
+        println!("targets:");
+        for t in &r.targets {
+            println!("  {:<55} {:>9.3}  target {:<8} {}", t.name, t.value, t.target, if t.met { "met" } else { "NOT met" });
+        }
+    }
+}
