@@ -245,13 +245,11 @@ pub fn versions(base: &Path) -> anyhow::Result<Vec<(u64, PathBuf)>> {
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", base.display()))?;
         let path = entry.path();
-        if let Some(v) = version_of(&path) {
-            if path.is_dir() {
-                out.push((v, path));
-            }
+        if let Some(v) = version_of(&path).filter(|_| path.is_dir()) {
+            out.push((v, path));
         }
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
     Ok(out)
 }
 

@@ -95,7 +95,7 @@ fn sha256_hex(path: &Path) -> String {
 }
 
 fn err_of(result: anyhow::Result<Predictor>) -> String {
-    format!("{:#}", result.err().expect("load should fail"))
+    format!("{:#}", result.expect_err("load should fail"))
 }
 
 fn files_in(dir: &Path) -> BTreeSet<String> {

@@ -378,7 +378,7 @@ fn model_status(app: &App, version: Option<u64>) -> Response {
             statuses.push((v, json!({ "version": v.to_string(), "state": "END", "status": { "error_code": "UNKNOWN", "error_message": failure.error } })));
         }
     }
-    statuses.sort_by(|a, b| b.0.cmp(&a.0));
+    statuses.sort_by_key(|s| std::cmp::Reverse(s.0));
     if let Some(v) = version {
         statuses.retain(|s| s.0 == v);
     }
@@ -421,11 +421,9 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
         metrics.record_error("not_loaded");
         return error(StatusCode::SERVICE_UNAVAILABLE, "no model version is loaded yet");
     };
-    if let Some(v) = version {
-        if v != loaded.version {
-            metrics.record_error("unknown_version");
-            return error(StatusCode::NOT_FOUND, format!("version {v} of model {:?} is not loaded (serving version {})", app.store.name, loaded.version));
-        }
+    if let Some(v) = version.filter(|&v| v != loaded.version) {
+        metrics.record_error("unknown_version");
+        return error(StatusCode::NOT_FOUND, format!("version {v} of model {:?} is not loaded (serving version {})", app.store.name, loaded.version));
     }
 
     // The body, within DefaultBodyLimit (413 beyond it; the layer's limit travels in the request's extensions).

@@ -90,10 +90,8 @@ impl ModelStore {
                     break; // never downgrade while the served version's folder is there
                 }
             }
-            if let Some(f) = self.failures.lock().unwrap_or_else(|e| e.into_inner()).get(&version) {
-                if f.stamp == now_stamp {
-                    continue; // known bad, unchanged
-                }
+            if self.failures.lock().unwrap_or_else(|e| e.into_inner()).get(&version).is_some_and(|f| f.stamp == now_stamp) {
+                continue; // known bad, unchanged
             }
             let started = Instant::now();
             match Predictor::load_with(&dir, &self.options) {

@@ -140,7 +140,7 @@ impl Predictor {
         }
         let bytes = table_view.data();
         let start = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
-        let table = if bytes.as_ptr() as usize % std::mem::align_of::<f32>() == 0 {
+        let table = if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>()) {
             TableData::Mapped { start, len: bytes.len() }
         } else {
             log::warn!("{}: table data is not 4-byte aligned; copying it into memory", model_path.display());
