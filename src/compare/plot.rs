@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -86,18 +87,22 @@ fn title(r: &Report, spec: &Spec) -> String {
     format!("{}: {y} vs {x}", r.name)
 }
 
+type Curves<'a> = Vec<(usize, &'a str, Vec<(f64, f64, f64, f64)>)>;
+
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &Report, spec: &Spec) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
-    let curves: Vec<(usize, &str, Vec<(f64, f64, f64, f64)>)> = r
+    let curves: Curves = r
         .arms
         .iter()
         .enumerate()
         .filter(|(_, a)| !a.curve.is_empty())
         .map(|(i, a)| (i, a.name.as_str(), a.curve.iter().map(|p| point(p, spec.x, spec.y)).filter(|p| p.0.is_finite() && p.2.is_finite() && p.3.is_finite()).collect()))
         .collect();
-    let all = curves.iter().flat_map(|(_, _, c)| c.iter());
-    let (mut x_max, mut y_min, mut y_max) = (0.0f64, f64::INFINITY, f64::NEG_INFINITY);
-    for &(x, _, lo, hi) in all {
+    let (mut x_min, mut x_max, mut y_min, mut y_max) = (f64::INFINITY, 0.0f64, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, _, lo, hi) in curves.iter().flat_map(|(_, _, c)| c.iter()) {
+        if x > 0.0 {
+            x_min = x_min.min(x);
+        }
         x_max = x_max.max(x);
         y_min = y_min.min(lo);
         y_max = y_max.max(hi);
@@ -106,8 +111,34 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &Report, spec: &Spe
         (y_min, y_max) = (0.0, 1.0);
     }
     let pad = ((y_max - y_min) * 0.08).max(0.005);
-    let (y_lo, y_hi) = (y_min - pad, y_max + pad);
+    let y = (y_min - pad)..(y_max + pad);
     let x_hi = if x_max > 0.0 { x_max * 1.03 } else { 1.0 };
+    // Arms whose times differ by orders of magnitude (dense vs lazy updates of a
+    // huge table) would crowd the fast ones against the axis: use a log scale.
+    let log_x = matches!(spec.x, XAxis::Seconds) && x_min.is_finite() && x_max / x_min > 30.0;
+    if log_x {
+        let lo = 10f64.powf((x_min / 1.3).log10().floor());
+        chart(root, r, spec, &curves, (lo..x_max * 1.3).log_scale(), y, true)
+    } else {
+        chart(root, r, spec, &curves, 0.0..x_hi, y, false)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn chart<DB, X>(
+    root: DrawingArea<DB, Shift>,
+    r: &Report,
+    spec: &Spec,
+    curves: &Curves,
+    x: X,
+    y: std::ops::Range<f64>,
+    log_x: bool,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: DrawingBackend,
+    X: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+{
     let seeds = r.seeds.len();
     let caption = if seeds > 1 { format!("{}  (mean of {seeds} seeds, band: min–max)", title(r, spec)) } else { title(r, spec) };
     let mut chart = ChartBuilder::on(&root)
@@ -115,19 +146,26 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &Report, spec: &Spe
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d(0.0..x_hi, y_lo..y_hi)?;
+        .build_cartesian_2d(x, y)?;
     let x_desc = match spec.x {
         XAxis::Step => "training step".to_string(),
-        XAxis::Seconds => "training time, s (mean over seeds; evaluations excluded)".to_string(),
+        XAxis::Seconds => format!("training time, s{} (mean over seeds; evaluations excluded)", if log_x { ", log scale" } else { "" }),
     };
     let y_desc = match spec.y {
         YAxis::Accuracy => "eval accuracy",
         YAxis::Loss => "eval loss",
     };
     let step_labels = |x: &f64| format!("{x:.0}");
+    let second_labels = |x: &f64| if *x >= 1.0 { format!("{x:.0}") } else { format!("{x}") };
     let mut mesh = chart.configure_mesh();
-    if matches!(spec.x, XAxis::Step) {
-        mesh.x_label_formatter(&step_labels);
+    match (spec.x, log_x) {
+        (XAxis::Step, _) => {
+            mesh.x_label_formatter(&step_labels);
+        }
+        (XAxis::Seconds, true) => {
+            mesh.x_label_formatter(&second_labels);
+        }
+        _ => {}
     }
     mesh.x_desc(x_desc)
         .y_desc(y_desc)
@@ -136,7 +174,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &Report, spec: &Spe
         .light_line_style(RGBColor(235, 235, 235))
         .bold_line_style(RGBColor(205, 205, 205))
         .draw()?;
-    for (i, name, c) in &curves {
+    for (i, name, c) in curves {
         let color = COLORS[*i % COLORS.len()];
         if c.len() > 1 && seeds > 1 {
             let mut outline: Vec<(f64, f64)> = c.iter().map(|p| (p.0, p.3)).collect();
