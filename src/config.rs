@@ -341,14 +341,19 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Resu
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    set_path(table, key, value, &format!("--set {assignment:?}"))
+}
+
+/// Sets `a.b.c` in `table`, creating sections on the way; `what` prefixes errors.
+pub fn set_path(table: &mut toml::Table, key: &str, value: toml::Value, what: &str) -> anyhow::Result<()> {
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        bail!("--set {assignment:?}: bad key {key:?}");
+        bail!("{what}: bad key {key:?}");
     }
     let mut node = table;
     for part in &parts[..parts.len() - 1] {
         let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        node = entry.as_table_mut().with_context(|| format!("--set {assignment:?}: `{part}` is not a section"))?;
+        node = entry.as_table_mut().with_context(|| format!("{what}: `{part}` in `{key}` is not a section"))?;
     }
     node.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())

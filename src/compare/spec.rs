@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::config::{apply_override, Config};
+use crate::config::{apply_override, set_path, Config};
 
 /// `[compare]` as written in the file.
 #[derive(Clone, Debug, Deserialize)]
@@ -115,21 +115,6 @@ pub fn flatten(table: &toml::Table) -> BTreeMap<String, toml::Value> {
     let mut out = BTreeMap::new();
     walk("", table, &mut out);
     out
-}
-
-/// Sets `a.b.c` in `table`, creating sections on the way.
-fn set_path(table: &mut toml::Table, key: &str, value: toml::Value, what: &str) -> anyhow::Result<()> {
-    let parts: Vec<&str> = key.split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        bail!("{what}: bad key {key:?}");
-    }
-    let mut node = table;
-    for part in &parts[..parts.len() - 1] {
-        let entry = node.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        node = entry.as_table_mut().with_context(|| format!("{what}: `{part}` in `{key}` is not a section"))?;
-    }
-    node.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
 }
 
 /// Merges every leaf of `over` into `base`.
