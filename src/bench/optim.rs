@@ -4,7 +4,10 @@
 //!
 //! Each timed step is what training does: pool the batch from the table, turn
 //! a fixed `d pooled` into a sparse gradient (sort + dedupe + sum), then step
-//! the optimizer. Only the three phases are timed, separately.
+//! the optimizer. The three phases are timed separately. All table sizes are
+//! in memory at once (per optimizer), and the timed steps run in rounds over
+//! the sizes, so that the ratios between sizes hold on a machine shared with
+//! other work.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -20,7 +23,7 @@ use super::stats::Summary;
 use super::triad::{triad, TriadResult};
 use super::MachineInfo;
 use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableInit};
-use crate::optim::{BiasCorrection, TableOptimizerConfig, TableOptimizerKind};
+use crate::optim::{BiasCorrection, TableOptimizer, TableOptimizerConfig, TableOptimizerKind};
 
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct OptimArgs {
@@ -41,9 +44,13 @@ pub struct OptimArgs {
     /// Timed steps per optimizer and size (the median is reported).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// Untimed steps first (caches, branch predictors, rayon's threads).
-    #[arg(long, default_value_t = 5)]
+    /// Untimed steps before each block of timed steps (caches, rayon's threads).
+    #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Timed steps are split into this many rounds over the table sizes, so
+    /// that load from other processes on a shared machine affects every size.
+    #[arg(long, default_value_t = 4)]
+    pub rounds: usize,
     /// Timed steps for dense_adam, which reads and writes the whole table every
     /// step (default: --steps).
     #[arg(long)]
@@ -110,7 +117,9 @@ pub struct OptimRun {
 pub struct OptimReport {
     pub machine: MachineInfo,
     pub args: OptimArgs,
+    /// The better of the triads run before and after the optimizers.
     pub triad: Option<TriadResult>,
+    pub triad_runs: Vec<TriadResult>,
     pub runs: Vec<OptimRun>,
     pub targets: Vec<Target>,
 }
@@ -199,93 +208,160 @@ pub fn run(args: OptimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One table size under test: its batches, table and scratch buffers.
+struct Size {
+    rows: usize,
+    batches: Vec<Vec<u32>>,
+    table: EmbeddingTable,
+    pooled: Vec<f32>,
+    grad: SparseGrad,
+    /// Batches used so far (they are cycled).
+    next: usize,
+}
+
+/// Timings of one optimizer on one size.
+#[derive(Default)]
+struct Samples {
+    fwd: Vec<f64>,
+    bwd: Vec<f64>,
+    opt: Vec<f64>,
+    touched: usize,
+}
+
+impl Size {
+    /// One training-shaped step: pool, backward to a sparse gradient, optimizer step.
+    fn step(&mut self, optimizer: &mut dyn TableOptimizer, offsets: &[usize], d_pooled: &[f32], lr: f32, samples: Option<&mut Samples>) {
+        let dim = self.table.dim();
+        let bags = Bags::new(&self.batches[self.next % self.batches.len()], offsets);
+        self.next += 1;
+        let t = Instant::now();
+        bag_forward(self.table.as_slice(), dim, bags, Pooling::Mean, &mut self.pooled);
+        let f = ms(t);
+        let t = Instant::now();
+        bag_backward(bags, Pooling::Mean, d_pooled, &mut self.grad);
+        let b = ms(t);
+        let t = Instant::now();
+        optimizer.step(&mut self.table, &self.grad, lr);
+        let o = ms(t);
+        std::hint::black_box(&self.pooled);
+        if let Some(s) = samples {
+            s.fwd.push(f);
+            s.bwd.push(b);
+            s.opt.push(o);
+            s.touched += self.grad.len();
+        }
+    }
+}
+
 fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
     let kinds: Vec<TableOptimizerKind> = args.optimizers.iter().map(|n| kind(n)).collect::<anyhow::Result<_>>()?;
     let bias = bias_correction(&args.bias_correction)?;
-    if args.steps == 0 || args.batch == 0 || args.bag == 0 {
-        bail!("--steps, --batch and --bag must be positive");
+    if args.steps == 0 || args.batch == 0 || args.bag == 0 || args.rounds == 0 {
+        bail!("--steps, --rounds, --batch and --bag must be positive");
     }
     let machine = MachineInfo::current();
     eprintln!("machine: {} ({} cores, {} threads used, {:.1} GB)", machine.cpu, machine.cores, machine.threads_used, machine.memory_gb);
 
-    // The triad first, before any table exists, so its 3 GB are free again.
-    let triad = (args.triad_gb > 0.0).then(|| {
-        let r = triad(args.triad_gb, args.triad_reps);
-        eprintln!("triad: {:.2} GB/s (best of {}; median {:.2})", r.gb_per_s, r.reps, r.median_gb_per_s);
-        r
-    });
+    // The triad before any table exists (and again after they are freed), so its
+    // arrays never share memory with them. The better of the two is the yardstick.
+    let run_triad = || {
+        (args.triad_gb > 0.0).then(|| {
+            let r = triad(args.triad_gb, args.triad_reps);
+            eprintln!("triad: {:.2} GB/s (best of {}; median {:.2})", r.gb_per_s, r.reps, r.median_gb_per_s);
+            r
+        })
+    };
+    let triad_before = run_triad();
 
     let dim = args.dim;
     let lr = 1e-3f32;
-    let mut runs = Vec::new();
+    let offsets: Vec<usize> = (0..=args.batch).map(|b| b * args.bag).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed);
+    let d_pooled: Vec<f32> = (0..args.batch * dim).map(|_| rng.random_range(-1e-2..1e-2)).collect();
+    let mut sizes = Vec::new();
     for &rows in &args.rows {
-        let dense_steps = args.dense_steps.unwrap_or(args.steps).max(1);
-        // Distinct batches, cycled: enough that caches cannot learn them.
-        let batches = zipf_batches(args, rows, (args.warmup + args.steps.max(dense_steps)).min(DISTINCT_BATCHES))?;
-        let offsets: Vec<usize> = (0..=args.batch).map(|b| b * args.bag).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed);
-        let d_pooled: Vec<f32> = (0..args.batch * dim).map(|_| rng.random_range(-1e-2..1e-2)).collect();
         let t = Instant::now();
-        let mut table = EmbeddingTable::new(rows, dim, TableInit::default(), args.seed);
+        let table = EmbeddingTable::new(rows, dim, TableInit::default(), args.seed);
         eprintln!("{rows} rows × {dim}: table {:.2} GB initialised in {:.2} s", table.bytes() as f64 / 1e9, t.elapsed().as_secs_f64());
-        let mut pooled = vec![0.0f32; args.batch * dim];
-        let mut grad = SparseGrad::new(dim);
+        sizes.push(Size {
+            rows,
+            // Distinct batches, cycled: more than the caches could learn.
+            batches: zipf_batches(args, rows, DISTINCT_BATCHES)?,
+            table,
+            pooled: vec![0.0f32; args.batch * dim],
+            grad: SparseGrad::new(dim),
+            next: 0,
+        });
+    }
 
-        for &k in &kinds {
-            let config = TableOptimizerConfig { kind: k, lr: lr as f64, bias_correction: bias, weight_decay: args.weight_decay, ..Default::default() };
+    let mut runs = Vec::new();
+    for &k in &kinds {
+        let config = TableOptimizerConfig { kind: k, lr: lr as f64, bias_correction: bias, weight_decay: args.weight_decay, ..Default::default() };
+        let mut optimizers = Vec::new();
+        let mut init_s = Vec::new();
+        for size in &sizes {
             let t = Instant::now();
-            let mut optimizer = config.init(rows, dim);
-            let state_init_s = t.elapsed().as_secs_f64();
-            let timed = if k == TableOptimizerKind::DenseAdam { dense_steps } else { args.steps };
-            let (mut fwd, mut bwd, mut opt, mut touched) = (Vec::new(), Vec::new(), Vec::new(), 0usize);
-            for i in 0..args.warmup + timed {
-                let bags = Bags::new(&batches[i % batches.len()], &offsets);
-                let t = Instant::now();
-                bag_forward(table.as_slice(), dim, bags, Pooling::Mean, &mut pooled);
-                let f = ms(t);
-                let t = Instant::now();
-                bag_backward(bags, Pooling::Mean, &d_pooled, &mut grad);
-                let b = ms(t);
-                let t = Instant::now();
-                optimizer.step(&mut table, &grad, lr);
-                let o = ms(t);
-                std::hint::black_box(&pooled);
-                if i >= args.warmup {
-                    fwd.push(f);
-                    bwd.push(b);
-                    opt.push(o);
-                    touched += grad.len();
+            optimizers.push(config.init(size.rows, dim));
+            init_s.push(t.elapsed().as_secs_f64());
+        }
+        let timed = if k == TableOptimizerKind::DenseAdam { args.dense_steps.unwrap_or(args.steps).max(1) } else { args.steps };
+        let mut samples: Vec<Samples> = sizes.iter().map(|_| Samples::default()).collect();
+        // Rounds over the sizes, each a block of warm-up steps then timed
+        // steps: the load of a shared machine then falls on every size alike,
+        // while each timed step still follows steps on its own table.
+        for round in 0..args.rounds {
+            let block = timed * (round + 1) / args.rounds - timed * round / args.rounds;
+            for ((size, optimizer), samples) in sizes.iter_mut().zip(&mut optimizers).zip(&mut samples) {
+                for _ in 0..args.warmup {
+                    size.step(optimizer.as_mut(), &offsets, &d_pooled, lr, None);
+                }
+                for _ in 0..block {
+                    size.step(optimizer.as_mut(), &offsets, &d_pooled, lr, Some(samples));
                 }
             }
-            let touched = touched as f64 / timed as f64;
-            let step = Summary::of(&opt);
-            let bytes = update_bytes(&config, rows, touched, dim);
+        }
+        for ((size, s), state_init_s) in sizes.iter().zip(samples).zip(init_s) {
+            let touched = s.touched as f64 / timed as f64;
+            let step = Summary::of(&s.opt);
+            let bytes = update_bytes(&config, size.rows, touched, dim);
             let gb_per_s = bytes / (step.median_ms / 1e3) / 1e9;
-            let updated = if k == TableOptimizerKind::DenseAdam { rows as f64 } else { touched };
-            let run = OptimRun {
-                rows,
+            let updated = if k == TableOptimizerKind::DenseAdam { size.rows as f64 } else { touched };
+            eprintln!(
+                "  {:>10} rows {:<10} {:>9.3} ms/step (median of {timed}), {:.0} rows touched, {:.2} GB/s",
+                size.rows,
+                k.name(),
+                step.median_ms,
+                touched,
+                gb_per_s
+            );
+            runs.push(OptimRun {
+                rows: size.rows,
                 optimizer: k.name().into(),
-                warmup_steps: args.warmup,
+                warmup_steps: args.warmup * args.rounds,
                 timed_steps: timed,
                 touched_rows: touched,
                 optimizer_step: step,
-                bag_forward: Summary::of(&fwd),
-                bag_backward: Summary::of(&bwd),
+                bag_forward: Summary::of(&s.fwd),
+                bag_backward: Summary::of(&s.bwd),
                 rows_per_s: updated / (step.median_ms / 1e3),
                 bytes_per_step: bytes,
                 gb_per_s,
-                triad_fraction: triad.map(|t| gb_per_s / t.gb_per_s),
+                triad_fraction: None,
                 state_init_s,
-            };
-            eprintln!(
-                "  {:<10} {:>9.3} ms/step (median of {timed}), {:.0} rows touched, {:.2} GB/s",
-                run.optimizer, step.median_ms, touched, gb_per_s
-            );
-            runs.push(run);
+            });
         }
     }
+    drop(sizes);
+    let triad_after = run_triad();
+    let triad = match (triad_before, triad_after) {
+        (Some(a), Some(b)) => Some(if b.gb_per_s > a.gb_per_s { b } else { a }),
+        (a, b) => a.or(b),
+    };
+    for r in &mut runs {
+        r.triad_fraction = triad.map(|t| r.gb_per_s / t.gb_per_s);
+    }
     let targets = targets(&runs, triad.as_ref());
-    Ok(OptimReport { machine, args: args.clone(), triad, runs, targets })
+    Ok(OptimReport { machine, args: args.clone(), triad, triad_runs: [triad_before, triad_after].into_iter().flatten().collect(), runs, targets })
 }
 
 fn find<'a>(runs: &'a [OptimRun], optimizer: &str, rows: usize) -> Option<&'a OptimRun> {
@@ -336,7 +412,7 @@ fn print_report(r: &OptimReport) {
     let a = &r.args;
     println!();
     println!(
-        "bench optim: {} threads, dim {}, {} bags × {} ids, Zipf({}) over {} {} ids, {} warm-up + median of timed steps",
+        "bench optim: {} threads, dim {}, {} bags × {} ids, Zipf({}) over {} {} ids; {} rounds of ({} warm-up + timed) steps per size",
         r.machine.threads_used,
         a.dim,
         a.batch,
@@ -344,10 +420,18 @@ fn print_report(r: &OptimReport) {
         a.zipf,
         a.zipf_support.map(|n| format!("{n}")).unwrap_or_else(|| "all".into()),
         if a.contiguous_ids { "contiguous" } else { "scattered" },
+        a.rounds,
         a.warmup
     );
     if let Some(t) = &r.triad {
-        println!("triad (3 × {:.2} GB f64, best of {}): {:.2} GB/s", t.bytes_per_array as f64 / 1e9, t.reps, t.gb_per_s);
+        let all: Vec<String> = r.triad_runs.iter().map(|t| format!("{:.2}", t.gb_per_s)).collect();
+        println!(
+            "triad (3 × {:.2} GB f64, best of {} reps; before/after the optimizers {} GB/s): {:.2} GB/s",
+            t.bytes_per_array as f64 / 1e9,
+            t.reps,
+            all.join(" / "),
+            t.gb_per_s
+        );
     }
     println!(
         "{:>10} {:<10} {:>5} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7} {:>7} {:>8} {:>8}",
