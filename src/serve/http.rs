@@ -11,6 +11,11 @@
 //! Bounds: a body larger than `max_body_bytes` → 413; more than `max_instances`
 //! instances → 413; more than `max_concurrency` predict requests at once → 429
 //! at once (no queue); a request not answered within `request_timeout` → 408.
+//! A connection that does not deliver a request's headers within
+//! `header_read_timeout` (a slow or stalled client, or an idle keep-alive
+//! connection) is closed: it never reaches a handler nor holds a permit.
+//! A predict request whose body trickles in does hold its permit (admission
+//! comes before the body), but only until `request_timeout` answers it 408.
 //! Malformed JSON or a wrong shape → 400, an unknown model or version → 404;
 //! every error body is `{"error": "…"}`.
 //!
@@ -54,6 +59,10 @@ pub struct ServerConfig {
     /// Predict requests handled at once; more are refused with 429.
     pub max_concurrency: usize,
     pub request_timeout: Duration,
+    /// A connection must deliver a request's complete headers within this long
+    /// of starting to wait for them (else it is closed); this also closes idle
+    /// keep-alive connections.
+    pub header_read_timeout: Duration,
     /// Labels returned per instance unless the request says `"top_k"` (0 = all).
     pub top_k: usize,
     pub verify_checksums: bool,
@@ -73,6 +82,7 @@ impl Default for ServerConfig {
             max_instances: 1024,
             max_concurrency: 64,
             request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
             top_k: 3,
             verify_checksums: true,
             inline_max_instances: 64,
@@ -110,6 +120,9 @@ impl Server {
         if config.max_concurrency == 0 || config.max_instances == 0 || config.max_body_bytes == 0 {
             bail!("max concurrency, max instances and max body size must be at least 1");
         }
+        if config.request_timeout.is_zero() || config.header_read_timeout.is_zero() {
+            bail!("the request and header read timeouts must be positive");
+        }
         let name = match &config.model_name {
             Some(n) => n.clone(),
             None => std::fs::canonicalize(&base)
@@ -135,10 +148,12 @@ impl Server {
         }
         let runtime = runtime.enable_all().thread_name("sparseburn-serve").build().context("starting the tokio runtime")?;
         let router = router(app.clone());
+        let timeouts = (app.config.header_read_timeout, app.config.request_timeout);
         let thread = std::thread::Builder::new().name("sparseburn-http".into()).spawn(move || {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                axum::serve(listener, router).with_graceful_shutdown(shutdown_signal(stop_rx, handle_signals)).await.context("HTTP server")
+                serve_connections(listener, router, timeouts, shutdown_signal(stop_rx, handle_signals)).await;
+                Ok(())
             })
         })?;
 
@@ -205,6 +220,52 @@ impl Drop for Server {
             let _ = stop.send(());
         }
         let _ = self.wait_inner();
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, then stops accepting and
+/// lets open connections finish their current request (idle ones close at
+/// once), for at most the longer of the two timeouts plus a second.
+///
+/// (`axum::serve` cannot set hyper's header read timeout: without one, a
+/// client that never finishes its headers holds its connection forever and
+/// blocks a graceful shutdown.)
+async fn serve_connections(listener: tokio::net::TcpListener, router: Router, (header_read_timeout, request_timeout): (Duration, Duration), shutdown: impl std::future::Future<Output = ()>) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::Interrupted) => continue,
+                Err(e) => {
+                    // E.g. out of file descriptors: wait for some to be freed rather than spin.
+                    log::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::debug!("connection: {e}");
+            }
+        });
+    }
+    drop(listener);
+    let deadline = header_read_timeout.max(request_timeout) + Duration::from_secs(1);
+    let open = graceful.count();
+    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+        log::warn!("{open} connection(s) still open {} ms after shutdown began: closing them", deadline.as_millis());
     }
 }
 

@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Milliseconds before a request is answered 408.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Milliseconds a connection may take to send a request's headers (or stay
+    /// idle between requests) before it is closed.
+    #[arg(long, default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
     /// Labels per prediction unless a request sets "top_k" (0 = all).
     #[arg(long, default_value_t = 3)]
     pub top_k: usize,
@@ -105,6 +109,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_instances: args.max_instances,
         max_concurrency: args.max_concurrency,
         request_timeout: Duration::from_millis(args.timeout_ms),
+        header_read_timeout: Duration::from_millis(args.header_timeout_ms),
         top_k: args.top_k,
         verify_checksums: !args.no_verify,
         workers: args.workers,
