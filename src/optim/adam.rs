@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{StateData, StateError, StateSource};
 use super::TableOptimizer;
-use crate::model::table::{prefetch, AlignedVec};
+use crate::model::table::{for_each_claimed, prefetch, AlignedVec, SharedMut};
 use crate::model::{EmbeddingTable, SparseGrad};
 
 /// How Adam's bias correction counts steps.
@@ -235,23 +235,12 @@ fn update_row_portable(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: Option<&[
     }
 }
 
-/// Raw pointer that may cross threads. Sound only because every user writes
-/// disjoint rows: sparse gradient rows are unique.
-#[derive(Clone, Copy)]
-pub(super) struct SharedMut<T>(pub(super) *mut T);
-unsafe impl<T> Send for SharedMut<T> {}
-unsafe impl<T> Sync for SharedMut<T> {}
-impl<T> SharedMut<T> {
-    /// # Safety
-    /// `start..start+len` must be in bounds and no other thread may access it concurrently.
-    #[allow(clippy::mut_from_ref)]
-    pub(super) unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
-    }
-}
+/// Rows per task of the lazy update: large enough to amortise claiming a
+/// task, small enough (~10–20 µs) that a thread joining late waits little.
+pub(super) const ROWS_PER_TASK: usize = 128;
 
-/// Rows per rayon task: large enough to amortise scheduling of 256-byte rows.
-pub(super) const ROWS_PER_TASK: usize = 256;
+/// Rows per task of the dense update (a long loop: rayon's own splitting).
+const DENSE_ROWS_PER_TASK: usize = 4096;
 
 /// How many rows ahead the lazy update prefetches. Touched rows are scattered
 /// over the table, so each is a cache (and, without huge pages, TLB) miss; a
@@ -291,7 +280,11 @@ impl TableOptimizer for LazyAdam {
         let (per_row, decays) = (!s.row_steps.is_empty(), !s.row_log_decay.is_empty());
         // Contiguous runs of sorted rows per task: g is read sequentially and
         // the rows ahead in the run are known, so they can be prefetched.
-        rows.par_chunks(ROWS_PER_TASK).zip(grad.values().par_chunks(ROWS_PER_TASK * dim)).for_each(|(rows, g)| {
+        let values = grad.values();
+        for_each_claimed(rows.len().div_ceil(ROWS_PER_TASK), |task| {
+            let first = task * ROWS_PER_TASK;
+            let rows = &rows[first..(first + ROWS_PER_TASK).min(rows.len())];
+            let g = &values[first * dim..(first + rows.len()) * dim];
             let fetch = |k: usize| {
                 if let Some(&ahead) = rows.get(k) {
                     let a = ahead as usize * dim;
@@ -380,7 +373,7 @@ impl TableOptimizer for DenseAdam {
         // Every row is present every step, so per-row counts equal the global step.
         s.row_steps.iter_mut().for_each(|k| *k = t as u32);
         s.row_log_decay.iter_mut().for_each(|mark| *mark = log_decay);
-        let chunk = ROWS_PER_TASK * 16;
+        let chunk = DENSE_ROWS_PER_TASK;
         table
             .as_mut_slice()
             .par_chunks_mut(chunk * dim)

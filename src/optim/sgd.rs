@@ -1,11 +1,9 @@
 //! Plain sparse SGD: `w ← w − lr·g` for the rows in the batch. The simplest baseline.
 
-use rayon::prelude::*;
-
-use super::adam::{SharedMut, PREFETCH_ROWS, ROWS_PER_TASK};
+use super::adam::{PREFETCH_ROWS, ROWS_PER_TASK};
 use super::state::{StateData, StateError, StateSource};
 use super::TableOptimizer;
-use crate::model::table::prefetch;
+use crate::model::table::{for_each_claimed, prefetch, SharedMut};
 use crate::model::{EmbeddingTable, SparseGrad};
 
 #[derive(Debug, Default)]
@@ -34,7 +32,11 @@ impl TableOptimizer for Sgd {
         }
         let w = SharedMut(table.as_mut_slice().as_mut_ptr());
         // Same shape as LazyAdam: runs of sorted rows per task, rows ahead prefetched.
-        rows.par_chunks(ROWS_PER_TASK).zip(grad.values().par_chunks(ROWS_PER_TASK * dim)).for_each(|(rows, g)| {
+        let values = grad.values();
+        for_each_claimed(rows.len().div_ceil(ROWS_PER_TASK), |task| {
+            let first = task * ROWS_PER_TASK;
+            let rows = &rows[first..(first + ROWS_PER_TASK).min(rows.len())];
+            let g = &values[first * dim..(first + rows.len()) * dim];
             let fetch = |k: usize| {
                 if let Some(&ahead) = rows.get(k) {
                     prefetch(w.0.wrapping_add(ahead as usize * dim), dim);
