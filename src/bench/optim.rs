@@ -67,7 +67,8 @@ pub struct OptimArgs {
     /// Size of each triad array in GB (0 = skip the triad).
     #[arg(long, default_value_t = 1.0)]
     pub triad_gb: f64,
-    #[arg(long, default_value_t = 10)]
+    /// Triad repetitions per array offset (4 offsets).
+    #[arg(long, default_value_t = 5)]
     pub triad_reps: usize,
     /// Draw Zipf ranks over this many ids (then scatter them over the table)
     /// instead of over every row: every table size then sees the same number
