@@ -92,3 +92,38 @@ impl MachineInfo {
         }
     }
 }
+
+/// CPU time used on the whole machine and by this process, in clock ticks,
+/// to tell how much other processes competed with a benchmark (Linux only).
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSnapshot {
+    machine_busy: u64,
+    machine_total: u64,
+    own: u64,
+}
+
+impl CpuSnapshot {
+    pub fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal ...
+        let total: u64 = cpu.iter().take(8).sum();
+        let idle = cpu.get(3)? + cpu.get(4).copied().unwrap_or(0);
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the parenthesised command name: utime is the 12th, stime the 13th.
+        let rest: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
+        let own = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+        Some(CpuSnapshot { machine_busy: total - idle, machine_total: total, own })
+    }
+
+    /// Share of the machine's CPU time used by *other* processes since `self`
+    /// (0 = the benchmark had the machine to itself, 1 = every core was busy
+    /// with something else). Our own threads' time, spinning included, is excluded.
+    pub fn others_since(&self) -> Option<f64> {
+        let now = CpuSnapshot::now()?;
+        let total = now.machine_total.saturating_sub(self.machine_total).max(1) as f64;
+        let busy = now.machine_busy.saturating_sub(self.machine_busy) as f64;
+        let own = now.own.saturating_sub(self.own) as f64;
+        Some(((busy - own) / total).clamp(0.0, 1.0))
+    }
+}

@@ -123,6 +123,9 @@ pub struct OptimReport {
     pub triad_runs: Vec<TriadResult>,
     pub runs: Vec<OptimRun>,
     pub targets: Vec<Target>,
+    /// Share of the machine's CPU used by other processes during the run
+    /// (this machine is shared: figures taken under load are slower).
+    pub other_processes_cpu: Option<f64>,
 }
 
 /// A figure set against its target (issue 7).
@@ -262,6 +265,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
     }
     let machine = MachineInfo::current();
     eprintln!("machine: {} ({} cores, {} threads used, {:.1} GB)", machine.cpu, machine.cores, machine.threads_used, machine.memory_gb);
+    let cpu_start = super::CpuSnapshot::now();
 
     // The triad before any table exists (and again after they are freed), so its
     // arrays never share memory with them. The better of the two is the yardstick.
@@ -362,7 +366,16 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
         r.triad_fraction = triad.map(|t| r.gb_per_s / t.gb_per_s);
     }
     let targets = targets(&runs, triad.as_ref());
-    Ok(OptimReport { machine, args: args.clone(), triad, triad_runs: [triad_before, triad_after].into_iter().flatten().collect(), runs, targets })
+    let other_processes_cpu = cpu_start.and_then(|c| c.others_since());
+    Ok(OptimReport {
+        machine,
+        args: args.clone(),
+        triad,
+        triad_runs: [triad_before, triad_after].into_iter().flatten().collect(),
+        runs,
+        targets,
+        other_processes_cpu,
+    })
 }
 
 fn find<'a>(runs: &'a [OptimRun], optimizer: &str, rows: usize) -> Option<&'a OptimRun> {
@@ -424,6 +437,9 @@ fn print_report(r: &OptimReport) {
         a.rounds,
         a.warmup
     );
+    if let Some(o) = r.other_processes_cpu {
+        println!("other processes used {:.0}% of the machine's CPU during this run", o * 100.0);
+    }
     if let Some(t) = &r.triad {
         let all: Vec<String> = r.triad_runs.iter().map(|t| format!("{:.2}", t.gb_per_s)).collect();
         println!(

@@ -50,6 +50,8 @@ pub struct TrainBenchReport {
     pub table_and_state_bytes: u64,
     /// Peak RSS ÷ (table + optimizer state bytes).
     pub peak_rss_ratio: f64,
+    /// Share of the machine's CPU used by other processes during the run.
+    pub other_processes_cpu: Option<f64>,
     pub outcome: RunOutcome,
 }
 
@@ -85,6 +87,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
     };
     let machine = MachineInfo::current();
     let threads = if config.train.threads == 0 { machine.cores } else { config.train.threads };
+    let cpu_start = super::CpuSnapshot::now();
     let t = Instant::now();
     let outcome = train(&config, &TrainOptions { run_dir: Some(run_dir.clone()), ..Default::default() })?;
     let total_wall_s = t.elapsed().as_secs_f64();
@@ -106,6 +109,7 @@ pub fn run(args: TrainBenchArgs) -> anyhow::Result<()> {
         final_checkpoint_s: checkpoint_seconds(&run_dir),
         table_and_state_bytes: table_and_state,
         peak_rss_ratio: outcome.peak_rss_bytes as f64 / table_and_state.max(1) as f64,
+        other_processes_cpu: cpu_start.and_then(|c| c.others_since()),
         outcome,
     };
     print_report(&report);
@@ -147,6 +151,9 @@ fn print_report(r: &TrainBenchReport) {
         r.total_wall_s,
         r.final_checkpoint_s.map(|c| format!(", final checkpoint {c:.2} s")).unwrap_or_default()
     );
+    if let Some(o) = r.other_processes_cpu {
+        println!("  other processes used {:.0}% of the machine's CPU during the run", o * 100.0);
+    }
     println!(
         "  accuracy: final {:.4} (top-{} {:.4}), best {:.4}",
         o.final_eval.accuracy, o.final_eval.k, o.final_eval.top_k_accuracy, o.best_eval.accuracy
