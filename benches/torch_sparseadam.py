@@ -94,6 +94,26 @@ def evaluate(model, ids, offsets, labels, k, batch=1024):
     return {"accuracy": correct / n, "top_k_accuracy": top_k / n, "k": k, "loss": loss_sum / max(loss_n, 1), "examples": n}
 
 
+def cpu_snapshot():
+    """(machine busy, machine total, this process) CPU ticks, from /proc (Linux)."""
+    try:
+        cpu = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+        rest = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        own = int(rest[11]) + int(rest[12])
+        return sum(cpu) - cpu[3] - cpu[4], sum(cpu), own
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def others_since(start):
+    """Share of the machine's CPU used by other processes since `start` (as sparseburn's bench reports it)."""
+    end = cpu_snapshot()
+    if start is None or end is None:
+        return None
+    total = max(end[1] - start[1], 1)
+    return min(max((end[0] - start[0] - (end[2] - start[2])) / total, 0.0), 1.0)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ids_dir", help="output of `sparseburn bench dump-ids`")
@@ -127,6 +147,7 @@ def main():
     phases = dict(data=0.0, forward=0.0, backward=0.0, optimizer=0.0)
     examples = tokens = 0
     order, pos = rng.permutation(n), 0
+    cpu_start = cpu_snapshot()
     t_loop = time.perf_counter()
     for step in range(steps):
         t0 = time.perf_counter()
@@ -153,6 +174,7 @@ def main():
         examples += len(ex)
         tokens += len(flat)
     loop_s = time.perf_counter() - t_loop
+    other_cpu = others_since(cpu_start)
 
     result = {
         "framework": f"torch {torch.__version__}",
@@ -166,6 +188,7 @@ def main():
         "tokens_per_second": tokens / loop_s,
         "step_ms": {k: v / steps * 1e3 for k, v in phases.items()},
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "other_processes_cpu": other_cpu,
         "final_eval": evaluate(model, *test, meta["top_k"]),
     }
     ms = result["step_ms"]
@@ -176,6 +199,8 @@ def main():
         f"backward {ms['backward']:.3f} + optimizers {ms['optimizer']:.3f}; "
         f"accuracy {result['final_eval']['accuracy']:.4f}; peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB"
     )
+    if other_cpu is not None:
+        print(f"other processes used {other_cpu * 100:.0f}% of the machine's CPU during the loop")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=2)
