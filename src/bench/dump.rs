@@ -44,7 +44,7 @@ fn write_set(dir: &Path, name: &str, d: &Dataset) -> anyhow::Result<()> {
 }
 
 pub fn run(args: DumpArgs) -> anyhow::Result<()> {
-    assert!(cfg!(target_endian = "little"), "dump-ids writes native (little-endian) arrays");
+    const { assert!(cfg!(target_endian = "little"), "dump-ids writes native (little-endian) arrays") };
     let config = Config::load(&args.config, &args.set)?;
     let data = prepare(&config)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;

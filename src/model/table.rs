@@ -118,7 +118,7 @@ pub(crate) struct AlignedVec<T> {
 impl<T: Copy + Default + Send + Sync> AlignedVec<T> {
     fn slack() -> usize {
         let size = std::mem::size_of::<T>();
-        assert!(size > 0 && ALIGN_BYTES % size == 0, "element size must divide {ALIGN_BYTES}");
+        assert!(size > 0 && ALIGN_BYTES.is_multiple_of(size), "element size must divide {ALIGN_BYTES}");
         ALIGN_BYTES / size
     }
 
