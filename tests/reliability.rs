@@ -73,15 +73,18 @@ fn sigkill_at_random_points_then_resume_is_bit_identical() {
 
     let mut rng = Lcg(2024);
     let (mut kills, mut during_checkpoint, mut before_first_checkpoint) = (0, 0, 0);
-    let trials = 12;
-    for trial in 0..trials {
+    // At least 10 trials and 10 kills (a kill can miss a run that already finished), at most 30 trials.
+    let mut trials = 0;
+    while (trials < 10 || kills < 10) && trials < 30 {
+        let trial = trials;
+        trials += 1;
         let dir = tmp.path().join(format!("trial-{trial}"));
         // Up to two kills per trial at random times, then let it finish.
         for attempt in 0..3 {
             let args = if has_checkpoint(&dir) { resume(&dir) } else { fresh(&dir) };
             let mut child = spawn(&args);
             if attempt < 2 {
-                std::thread::sleep(duration.mul_f64(rng.next_f64() * 1.1));
+                std::thread::sleep(duration.mul_f64(rng.next_f64() * 0.9));
                 if child.try_wait().unwrap().is_none() {
                     child.kill().unwrap(); // SIGKILL
                     kills += 1;
