@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{StateData, StateError, StateSource};
 use super::TableOptimizer;
-use crate::model::table::{for_each_claimed, prefetch, AlignedVec, SharedMut};
+use super::grad_rows::for_each_grad_row;
+use crate::model::table::{prefetch, AlignedVec, SharedMut};
 use crate::model::{EmbeddingTable, SparseGrad};
 
 /// How Adam's bias correction counts steps.
@@ -67,7 +68,7 @@ impl AdamConfig {
     }
 
     /// `lr·√(1−β2^t)/(1−β1^t)` (or `lr` without bias correction), in f64.
-    fn step_size(&self, lr: f64, t: u64) -> f32 {
+    pub fn step_size(&self, lr: f64, t: u64) -> f32 {
         if self.bias_correction == BiasCorrection::None {
             return lr as f32;
         }
@@ -115,19 +116,8 @@ impl AdamState {
     }
 
     fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
-        let mut s = vec![
-            ("step", StateData::U64(std::slice::from_ref(&self.step))),
-            ("m", StateData::F32(&self.m)),
-            ("v", StateData::F32(&self.v)),
-        ];
-        if !self.row_steps.is_empty() {
-            s.push(("row_steps", StateData::U32(&self.row_steps)));
-        }
-        if !self.row_log_decay.is_empty() {
-            s.push(("log_decay", StateData::F64(std::slice::from_ref(&self.log_decay))));
-            s.push(("row_log_decay", StateData::F64(&self.row_log_decay)));
-        }
-        s
+        let decay = (!self.row_log_decay.is_empty()).then_some((&self.log_decay, &self.row_log_decay[..]));
+        adam_state_arrays(&self.step, &self.m, &self.v, &self.row_steps, decay)
     }
 
     fn load_state(&mut self, source: &dyn StateSource) -> Result<(), StateError> {
@@ -154,6 +144,28 @@ impl AdamState {
         }
         (self.config.step_size(lr as f64, self.step), decay as f32)
     }
+}
+
+/// An Adam table state as named arrays, in checkpoint order: `step`, `m`, `v`,
+/// then `row_steps` (when non-empty) and `log_decay`, `row_log_decay` (when
+/// `decay` is given). The host optimizers and the device table both use it, so
+/// either reads the other's checkpoints.
+pub fn adam_state_arrays<'a>(
+    step: &'a u64,
+    m: &'a [f32],
+    v: &'a [f32],
+    row_steps: &'a [u32],
+    decay: Option<(&'a f64, &'a [f64])>,
+) -> Vec<(&'static str, StateData<'a>)> {
+    let mut s = vec![("step", StateData::U64(std::slice::from_ref(step))), ("m", StateData::F32(m)), ("v", StateData::F32(v))];
+    if !row_steps.is_empty() {
+        s.push(("row_steps", StateData::U32(row_steps)));
+    }
+    if let Some((log_decay, row_log_decay)) = decay {
+        s.push(("log_decay", StateData::F64(std::slice::from_ref(log_decay))));
+        s.push(("row_log_decay", StateData::F64(row_log_decay)));
+    }
+    s
 }
 
 /// Adam's constants for one step, converted to f32 once.
@@ -235,19 +247,8 @@ fn update_row_portable(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: Option<&[
     }
 }
 
-/// Rows per task of the lazy update: large enough to amortise claiming a
-/// task, small enough (~10–20 µs) that a thread joining late waits little.
-pub(super) const ROWS_PER_TASK: usize = 128;
-
 /// Rows per task of the dense update (a long loop: rayon's own splitting).
 const DENSE_ROWS_PER_TASK: usize = 4096;
-
-/// How many rows ahead the lazy update prefetches. Touched rows are scattered
-/// over the table, so each is a cache (and, without huge pages, TLB) miss; a
-/// few rows in flight per thread hide most of the latency: 4 rows = 48 lines
-/// of w, m and v. Measured with `sparseburn bench optim` (2 to 16 tried; 4 or
-/// more are equal within noise, none at all is 2× slower; see BENCHMARKS.md).
-pub(super) const PREFETCH_ROWS: usize = 4;
 
 /// Adam that updates m, v and w only for the rows present in the batch.
 #[derive(Debug)]
@@ -267,59 +268,42 @@ impl TableOptimizer for LazyAdam {
         let (global_step_size, _) = self.state.begin_step(lr);
         let s = &mut self.state;
         let (config, log_decay, lr) = (s.config, s.log_decay, lr as f64);
-        let rows = grad.rows();
-        if let Some(&last) = rows.last() {
-            assert!((last as usize) < table.rows(), "row id {last} out of range for {} rows", table.rows());
-        }
         let coeffs = Coeffs::new(&config);
+        let table_rows = table.rows();
         let w = SharedMut(table.as_mut_slice().as_mut_ptr());
         let m = SharedMut(s.m.as_mut_ptr());
         let v = SharedMut(s.v.as_mut_ptr());
         let row_steps = SharedMut(s.row_steps.as_mut_ptr());
         let row_log_decay = SharedMut(s.row_log_decay.as_mut_ptr());
         let (per_row, decays) = (!s.row_steps.is_empty(), !s.row_log_decay.is_empty());
-        // Contiguous runs of sorted rows per task: g is read sequentially and
-        // the rows ahead in the run are known, so they can be prefetched.
-        let values = grad.values();
-        for_each_claimed(rows.len().div_ceil(ROWS_PER_TASK), |task| {
-            let first = task * ROWS_PER_TASK;
-            let rows = &rows[first..(first + ROWS_PER_TASK).min(rows.len())];
-            let g = &values[first * dim..(first + rows.len()) * dim];
-            let fetch = |k: usize| {
-                if let Some(&ahead) = rows.get(k) {
-                    let a = ahead as usize * dim;
-                    prefetch(w.0.wrapping_add(a), dim);
-                    prefetch(m.0.wrapping_add(a), dim);
-                    prefetch(v.0.wrapping_add(a), dim);
-                }
-            };
-            (0..PREFETCH_ROWS).for_each(fetch);
-            for (k, (&row, g)) in rows.iter().zip(g.chunks_exact(dim)).enumerate() {
-                fetch(k + PREFETCH_ROWS);
-                let r = row as usize;
-                // SAFETY: rows are unique and < table.rows() (checked above: sorted, last in range),
-                // so each task touches a distinct row of w, m, v and the per-row arrays.
-                let (w, m, v) = unsafe { (w.slice(r * dim, dim), m.slice(r * dim, dim), v.slice(r * dim, dim)) };
-                let step_size = if per_row {
-                    // SAFETY: as above, row r's count belongs to this task alone.
-                    let k_i = unsafe { &mut row_steps.slice(r, 1)[0] };
-                    *k_i += 1;
-                    config.step_size(lr, *k_i as u64)
-                } else {
-                    global_step_size
-                };
-                let decay = if decays {
-                    // Catch up every factor since this row's last update, this step's included.
-                    // SAFETY: as above, row r's mark belongs to this task alone.
-                    let mark = unsafe { &mut row_log_decay.slice(r, 1)[0] };
-                    let factor = (log_decay - *mark).exp();
-                    *mark = log_decay;
-                    factor as f32
-                } else {
-                    1.0
-                };
-                update_row(w, m, v, Some(g), &coeffs, step_size, decay);
+        let fetch = |r: usize| {
+            for p in [w, m, v] {
+                prefetch(p.at(r * dim), dim);
             }
+        };
+        for_each_grad_row(grad, table_rows, fetch, |r, g| {
+            // SAFETY: for_each_grad_row hands out each row once and checks it is
+            // < table.rows(), so this call alone touches row r of w, m, v and the per-row arrays.
+            let (w, m, v) = unsafe { (w.slice(r * dim, dim), m.slice(r * dim, dim), v.slice(r * dim, dim)) };
+            let step_size = if per_row {
+                // SAFETY: as above.
+                let k_i = unsafe { &mut row_steps.slice(r, 1)[0] };
+                *k_i += 1;
+                config.step_size(lr, *k_i as u64)
+            } else {
+                global_step_size
+            };
+            let decay = if decays {
+                // Catch up every factor since this row's last update, this step's included.
+                // SAFETY: as above.
+                let mark = unsafe { &mut row_log_decay.slice(r, 1)[0] };
+                let factor = (log_decay - *mark).exp();
+                *mark = log_decay;
+                factor as f32
+            } else {
+                1.0
+            };
+            update_row(w, m, v, Some(g), &coeffs, step_size, decay);
         });
     }
 

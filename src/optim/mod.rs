@@ -5,10 +5,11 @@
 //! [`SparseGrad`] per step; `lr` comes from the schedule each step.
 
 mod adam;
+mod grad_rows;
 mod sgd;
 mod state;
 
-pub use adam::{AdamConfig, BiasCorrection, DenseAdam, LazyAdam};
+pub use adam::{adam_state_arrays, AdamConfig, BiasCorrection, DenseAdam, LazyAdam};
 pub use sgd::Sgd;
 pub use state::{StateData, StateError, StateSource};
 

@@ -113,16 +113,6 @@ impl<B: Backend> std::fmt::Debug for DeviceTable<B> {
     }
 }
 
-/// `lr·√(1−β2^t)/(1−β1^t)` in f64, rounded once to f32 — the host optimizer's
-/// `AdamConfig::step_size` (private to `src/optim/adam.rs`), reproduced exactly.
-fn step_size(c: &AdamConfig, lr: f64, t: u64) -> f32 {
-    if c.bias_correction == BiasCorrection::None {
-        return lr as f32;
-    }
-    let t = t.min(i32::MAX as u64) as i32;
-    (lr * (1.0 - c.beta2.powi(t)).sqrt() / (1.0 - c.beta1.powi(t))) as f32
-}
-
 /// A per-row factor: one value for every row, or one per unique row.
 enum PerRow {
     Same(f32),
@@ -592,14 +582,14 @@ impl<B: Backend> DeviceTable<B> {
 
         // Per-row scalars on the host, in f64 as the host optimizer computes them.
         let step_sizes = if self.row_steps.is_empty() {
-            PerRow::Same(step_size(&c, lr64, self.step))
+            PerRow::Same(c.step_size(lr64, self.step))
         } else {
             PerRow::Rows(unique
                 .iter()
                 .map(|&r| {
                     let k = &mut self.row_steps[r as usize];
                     *k += 1;
-                    step_size(&c, lr64, *k as u64)
+                    c.step_size(lr64, *k as u64)
                 })
                 .collect())
         };

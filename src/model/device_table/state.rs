@@ -2,7 +2,7 @@
 //! the host `LazyAdam` (`step`, `m`, `v`, `row_steps`, `log_decay`,
 //! `row_log_decay`), so checkpoints and the host optimizer can read either.
 
-use crate::optim::{StateData, StateError, StateSource};
+use crate::optim::{adam_state_arrays, StateData, StateError, StateSource};
 
 /// A downloaded copy of a [`super::DeviceTable`]'s optimizer state.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -25,19 +25,8 @@ pub struct DeviceTableState {
 impl DeviceTableState {
     /// Every array by name, in the order and with the names of `LazyAdam::state()`.
     pub fn arrays(&self) -> Vec<(&'static str, StateData<'_>)> {
-        let mut s = vec![
-            ("step", StateData::U64(std::slice::from_ref(&self.step))),
-            ("m", StateData::F32(&self.m)),
-            ("v", StateData::F32(&self.v)),
-        ];
-        if !self.row_steps.is_empty() {
-            s.push(("row_steps", StateData::U32(&self.row_steps)));
-        }
-        if self.decays {
-            s.push(("log_decay", StateData::F64(std::slice::from_ref(&self.log_decay))));
-            s.push(("row_log_decay", StateData::F64(&self.row_log_decay)));
-        }
-        s
+        let decay = self.decays.then_some((&self.log_decay, &self.row_log_decay[..]));
+        adam_state_arrays(&self.step, &self.m, &self.v, &self.row_steps, decay)
     }
 }
 
