@@ -14,30 +14,19 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sparseburn::config::Config;
 use sparseburn::serve::{Server, ServerConfig};
-use sparseburn::train::{self, TrainOptions};
+
+mod common;
+use common::{export_tiny_model, read_response};
 
 // ---------------------------------------------------------------- fixture
-
-/// Trains a tiny model and exports it as `<tmp>/m/1`; returns the base folder `<tmp>/m`.
-fn export_tiny_model(tmp: &Path) -> PathBuf {
-    let overrides: Vec<String> =
-        ["logging.quiet=true", "logging.tensorboard=false", "train.epochs=1", "vocab.buckets=20000", "checkpoint.every=0"].iter().map(|s| s.to_string()).collect();
-    let config = Config::load(Path::new("configs/quickstart.toml"), &overrides).unwrap();
-    let run_dir = tmp.join("run");
-    train::train(&config, &TrainOptions { run_dir: Some(run_dir.clone()), ..Default::default() }).unwrap();
-    let base = tmp.join("m");
-    sparseburn::export::export_run(&run_dir, &base.join("1")).unwrap();
-    base
-}
 
 /// Texts of the bundled data set.
 fn texts() -> Vec<String> {
@@ -50,39 +39,6 @@ fn server_config(base: &Path) -> ServerConfig {
 }
 
 // ---------------------------------------------------------------- a raw HTTP/1.1 client
-
-struct Response {
-    status: u16,
-    close: bool,
-    body: Vec<u8>,
-}
-
-/// Reads one response with a Content-Length body. `Ok(None)`: closed before a byte of it.
-fn read_response(r: &mut impl BufRead) -> std::io::Result<Option<Response>> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let status = line.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("not a status line: {line:?}")))?;
-    let (mut len, mut close) = (0, false);
-    loop {
-        let mut header = String::new();
-        if r.read_line(&mut header)? == 0 {
-            return Err(ErrorKind::UnexpectedEof.into());
-        }
-        let header = header.trim_end().to_ascii_lowercase();
-        if header.is_empty() {
-            break;
-        }
-        if let Some(v) = header.strip_prefix("content-length:") {
-            len = v.trim().parse().map_err(std::io::Error::other)?;
-        }
-        close |= header == "connection: close";
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
-    Ok(Some(Response { status, close, body }))
-}
 
 fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
     let stream = TcpStream::connect(addr).unwrap();
@@ -114,10 +70,10 @@ impl Client {
             let fresh = self.conn.is_none();
             let conn = self.conn.get_or_insert_with(|| connect(self.addr));
             let started = Instant::now();
-            let result = conn.get_mut().write_all(request).and_then(|_| read_response(conn));
+            let result = conn.get_mut().write_all(request).and_then(|_| read_response(conn, false));
             match result {
                 Ok(Some(r)) => {
-                    if r.close {
+                    if r.closes() {
                         self.conn = None;
                     }
                     return (r.status, r.body, started.elapsed());
@@ -468,7 +424,7 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert!(TcpStream::connect(addr).is_err(), "still accepting connections after SIGTERM");
 
     held.get_mut().write_all(&request[split..]).unwrap();
-    let response = read_response(&mut held).unwrap().expect("the in-flight request was dropped");
+    let response = read_response(&mut held, false).unwrap().expect("the in-flight request was dropped");
     assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
     let reply: Value = serde_json::from_slice(&response.body).unwrap();
     assert_eq!(reply["predictions"].as_array().unwrap().len(), 500);
