@@ -14,8 +14,11 @@
 //! near 0 can flip sign between orders, and Adam, which normalises the step,
 //! would turn that rounding difference into a full `lr` step. That is a
 //! property of Adam under any reordering (e.g. a GPU), not of this code.
+//!
+//! Built with `--features cuda`, the same tests run the device table on the
+//! first CUDA GPU (`cargo test --release --features cuda --test device_table`);
+//! there is no fallback to the CPU, so without a GPU they fail.
 
-use burn::backend::NdArray;
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,7 +27,10 @@ use sparseburn::model::device_table::{DeviceTable, DeviceTableState, SegmentRedu
 use sparseburn::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableInit};
 use sparseburn::optim::{AdamConfig, BiasCorrection, LazyAdam, StateData, StateError, TableOptimizer};
 
-type B = NdArray<f32>;
+#[cfg(not(feature = "cuda"))]
+type B = burn::backend::NdArray<f32>;
+#[cfg(feature = "cuda")]
+type B = burn::backend::Cuda<f32>;
 
 const U: f64 = 1.0 / (1u64 << 24) as f64;
 
