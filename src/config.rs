@@ -315,10 +315,10 @@ impl Config {
         if let Some(gb) = self.memory.gpu_max_gb {
             positive("memory.gpu_max_gb", gb)?;
         }
-        if let Some(f) = self.memory.gpu_fraction {
-            if !(f > 0.0 && f <= 1.0) {
-                bail!(at(source, "memory.gpu_fraction", format!("must be in (0, 1], got {f}")));
-            }
+        if let Some(f) = self.memory.gpu_fraction
+            && !(f > 0.0 && f <= 1.0)
+        {
+            bail!(at(source, "memory.gpu_fraction", format!("must be in (0, 1], got {f}")));
         }
         Ok(())
     }

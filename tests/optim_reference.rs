@@ -1,6 +1,8 @@
 //! Table optimizers against a hand-written f64 reference of the documented update
 //! (TF LazyAdam / torch SparseAdam form), step by step.
 
+#![allow(clippy::needless_range_loop, clippy::type_complexity)] // reference formulas index like the maths they restate
+
 use std::collections::{BTreeMap, HashMap};
 
 use sparseburn::model::{EmbeddingTable, SparseGrad};
