@@ -17,6 +17,7 @@ use clap::Args;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Zipf};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::stats::Summary;
@@ -80,6 +81,13 @@ pub struct OptimArgs {
     /// bijection, as hashing scatters a real vocabulary.
     #[arg(long)]
     pub contiguous_ids: bool,
+    /// Before every optimizer step, read this many MB of unrelated memory
+    /// (0 = off), so each step starts with caches and TLB holding none of the
+    /// table. With several times the last-level cache, every table size then
+    /// pays memory latency for every row it touches, and what remains of the
+    /// difference between sizes is the cost of table size itself.
+    #[arg(long, default_value_t = 0)]
+    pub evict_mb: usize,
     /// Threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -234,7 +242,7 @@ struct Samples {
 
 impl Size {
     /// One training-shaped step: pool, backward to a sparse gradient, optimizer step.
-    fn step(&mut self, optimizer: &mut dyn TableOptimizer, offsets: &[usize], d_pooled: &[f32], lr: f32, samples: Option<&mut Samples>) {
+    fn step(&mut self, optimizer: &mut dyn TableOptimizer, offsets: &[usize], d_pooled: &[f32], lr: f32, evict: &[u64], samples: Option<&mut Samples>) {
         let dim = self.table.dim();
         let bags = Bags::new(&self.batches[self.next % self.batches.len()], offsets);
         self.next += 1;
@@ -244,6 +252,7 @@ impl Size {
         let t = Instant::now();
         bag_backward(bags, Pooling::Mean, d_pooled, &mut self.grad);
         let b = ms(t);
+        evict_caches(evict);
         let t = Instant::now();
         optimizer.step(&mut self.table, &self.grad, lr);
         let o = ms(t);
@@ -255,6 +264,14 @@ impl Size {
             s.touched += self.grad.len();
         }
     }
+}
+
+/// Reads `buf` in parallel, pushing everything else out of the caches and
+/// the TLB. Reading, not writing, leaves clean lines behind, so the timed
+/// step that follows pays no write-backs for this buffer.
+fn evict_caches(buf: &[u64]) {
+    let sum: u64 = buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum();
+    std::hint::black_box(sum);
 }
 
 fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
@@ -299,6 +316,8 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
         });
     }
 
+    // Non-zero contents, so that no page is the shared zero page.
+    let evict: Vec<u64> = (0..args.evict_mb * (1 << 20) / 8).map(|i| i as u64 | 1).collect();
     let mut runs = Vec::new();
     for &k in &kinds {
         let config = TableOptimizerConfig { kind: k, lr: lr as f64, bias_correction: bias, weight_decay: args.weight_decay, ..Default::default() };
@@ -318,10 +337,10 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
             let block = timed * (round + 1) / args.rounds - timed * round / args.rounds;
             for ((size, optimizer), samples) in sizes.iter_mut().zip(&mut optimizers).zip(&mut samples) {
                 for _ in 0..args.warmup {
-                    size.step(optimizer.as_mut(), &offsets, &d_pooled, lr, None);
+                    size.step(optimizer.as_mut(), &offsets, &d_pooled, lr, &evict, None);
                 }
                 for _ in 0..block {
-                    size.step(optimizer.as_mut(), &offsets, &d_pooled, lr, Some(samples));
+                    size.step(optimizer.as_mut(), &offsets, &d_pooled, lr, &evict, Some(samples));
                 }
             }
         }
@@ -437,6 +456,9 @@ fn print_report(r: &OptimReport) {
         a.rounds,
         a.warmup
     );
+    if a.evict_mb > 0 {
+        println!("cold caches: {} MB of other memory read before every optimizer step", a.evict_mb);
+    }
     if let Some(o) = r.other_processes_cpu {
         println!("other processes used {:.0}% of the machine's CPU during this run", o * 100.0);
     }
