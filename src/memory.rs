@@ -60,8 +60,8 @@ impl MemoryPlan {
         devices
             .iter()
             .map(|d| {
-                let parts: Vec<String> = self.items.iter().filter(|i| i.device == *d).map(|i| format!("{} {:.3} GB", i.what, gb(i.bytes))).collect();
-                format!("{d}: {:.3} GB ({})", gb(self.bytes_on(d)), parts.join(", "))
+                let parts: Vec<String> = self.items.iter().filter(|i| i.device == *d).map(|i| format!("{} {}", i.what, size(i.bytes))).collect();
+                format!("{d}: {} ({})", size(self.bytes_on(d)), parts.join(", "))
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -72,15 +72,15 @@ impl MemoryPlan {
     pub fn check(&self, config: &Config, dense: DenseDevice) -> anyhow::Result<()> {
         let host = self.bytes_on(TABLE_DEVICE);
         let hint = "lower vocab.buckets or model.dim, or use a smaller optimizer state (bias_correction, weight_decay)";
-        if let Some(max) = config.memory.host_max_gb {
-            if gb(host) > max {
-                bail!("host memory plan {:.2} GB is over memory.host_max_gb = {max}: {}; {hint}", gb(host), self.describe());
-            }
+        if let Some(max) = config.memory.host_max_gb
+            && gb(host) > max
+        {
+            bail!("host memory plan {} is over memory.host_max_gb = {max}: {}; {hint}", size(host), self.describe());
         }
-        if let Some(avail) = crate::sys::available_memory_bytes() {
-            if host > avail {
-                bail!("host memory plan {:.2} GB exceeds the {:.2} GB available: {}; {hint}", gb(host), gb(avail), self.describe());
-            }
+        if let Some(avail) = crate::sys::available_memory_bytes()
+            && host > avail
+        {
+            bail!("host memory plan {} exceeds the {} available: {}; {hint}", size(host), size(avail), self.describe());
         }
         if let DenseDevice::Cuda(n) = dense {
             let need = self.bytes_on(&dense.tf_name());
@@ -92,13 +92,24 @@ impl MemoryPlan {
                     limit = Some((by_fraction, format!("memory.gpu_fraction = {f} of {:.1} GB", gb(total))));
                 }
             }
-            if let Some((max, name)) = limit {
-                if gb(need) > max {
-                    bail!("GPU memory plan {:.3} GB for cuda:{n} is over {name} ({max:.3} GB): {}", gb(need), self.describe());
-                }
+            if let Some((max, name)) = limit
+                && gb(need) > max
+            {
+                bail!("GPU memory plan {} for cuda:{n} is over {name} ({}): {}", size(need), size((max * 1e9) as u64), self.describe());
             }
         }
         Ok(())
+    }
+}
+
+/// `bytes` in decimal units (the `*_gb` budgets are decimal GB), precise
+/// enough that small GPU parts do not all read "0.000 GB".
+pub fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1_000_000_000 => format!("{:.3} GB", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.1} kB", b as f64 / 1e3),
+        b => format!("{b} B"),
     }
 }
 
