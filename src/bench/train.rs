@@ -140,6 +140,10 @@ fn print_report(r: &TrainBenchReport) {
         r.step_ms, s.data_ms, s.bag_forward_ms, s.head_forward_ms, s.head_backward_ms, s.bag_backward_ms, s.table_optimizer_ms, s.head_optimizer_ms
     );
     println!(
+        "  whole step: first {:.3} ms, then median {:.3} ms, p90 {:.3} ms",
+        o.step_time.first_ms, o.step_time.median_ms, o.step_time.p90_ms
+    );
+    println!(
         "  peak RSS {:.2} GB = {:.3} × (table + state {:.2} GB)",
         o.peak_rss_bytes as f64 / 1e9,
         r.peak_rss_ratio,

@@ -9,4 +9,4 @@ mod trainer;
 
 pub use eval::{evaluate, EvalMetrics};
 pub use schedule::lr_factor;
-pub use trainer::{install_ctrl_c_handler, train, RunOutcome, StepTimings, TrainOptions};
+pub use trainer::{install_ctrl_c_handler, train, RunOutcome, StepTimeStats, StepTimings, TrainOptions};

@@ -73,6 +73,28 @@ impl StepTimings {
     }
 }
 
+/// Distribution of whole-step times (data to head optimizer), in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTimeStats {
+    pub first_ms: f64,
+    /// Median and 90th percentile of the steps after the first.
+    pub median_ms: f64,
+    pub p90_ms: f64,
+}
+
+impl StepTimeStats {
+    fn of(steps_ms: &[f32]) -> Self {
+        let Some((&first, rest)) = steps_ms.split_first() else { return Self::default() };
+        if rest.is_empty() {
+            return StepTimeStats { first_ms: first as f64, median_ms: first as f64, p90_ms: first as f64 };
+        }
+        let mut sorted = rest.to_vec();
+        sorted.sort_by(f32::total_cmp);
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64;
+        StepTimeStats { first_ms: first as f64, median_ms: at(0.5), p90_ms: at(0.9) }
+    }
+}
+
 /// What a finished run reports (also saved as `summary.json` in the run directory).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RunOutcome {
@@ -85,6 +107,10 @@ pub struct RunOutcome {
     pub examples_per_second: f64,
     pub tokens_per_second: f64,
     pub step_timings: StepTimings,
+    /// Whole-step times of this session, the first apart: on a GPU it compiles
+    /// and tunes kernels, which would otherwise hide in the means above.
+    #[serde(default)]
+    pub step_time: StepTimeStats,
     pub mean_rows_touched: f64,
     pub table_rows: usize,
     pub table_bytes: u64,
@@ -144,6 +170,8 @@ struct Run<B: AutodiffBackend> {
     metrics: MetricsLog,
     best: Option<EvalMetrics>,
     timings: StepTimings,
+    /// Whole-step times of this session (4 bytes a step).
+    step_ms: Vec<f32>,
     rows_touched: u64,
     tokens: u64,
     examples: u64,
@@ -232,6 +260,7 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         metrics,
         best: None,
         timings: StepTimings::default(),
+        step_ms: Vec::new(),
         rows_touched: 0,
         tokens: 0,
         examples: 0,
@@ -338,6 +367,7 @@ impl<B: AutodiffBackend> Run<B> {
                 let lr = lr_factor(self.config.train.schedule, self.config.train.warmup_steps, self.state.step, total);
                 let (loss, accuracy) = self.step(&batch, &loss_fn, &mut pooled, &mut grad, lr)?;
                 self.timings.data_ms += t_data.as_secs_f64() * 1e3;
+                self.step_ms.push((t0.elapsed().as_secs_f64() * 1e3) as f32);
                 self.state.step += 1;
                 self.state.batch_in_epoch += 1;
                 self.steps_this_session += 1;
@@ -348,12 +378,12 @@ impl<B: AutodiffBackend> Run<B> {
                 self.log_step(&batch, &grad, loss, accuracy, lr, &bar)?;
 
                 let step = self.state.step;
-                if self.config.train.eval_every > 0 && step % self.config.train.eval_every == 0 && step < total {
+                if self.config.train.eval_every > 0 && step.is_multiple_of(self.config.train.eval_every) && step < total {
                     let paused = Instant::now();
                     self.eval_and_log(&bar)?;
                     session_start += paused.elapsed(); // evaluation is not training time
                 }
-                if self.config.checkpoint.every > 0 && step % self.config.checkpoint.every == 0 {
+                if self.config.checkpoint.every > 0 && step.is_multiple_of(self.config.checkpoint.every) {
                     let paused = Instant::now();
                     self.checkpoint()?;
                     session_start += paused.elapsed();
@@ -439,7 +469,7 @@ impl<B: AutodiffBackend> Run<B> {
         bar.set_position(step);
         bar.set_message(format!("epoch {} loss {loss:.4} {eps:.0} ex/s", self.state.epoch + 1));
         let every = self.config.logging.scalar_every.max(1);
-        if step % every != 0 {
+        if !step.is_multiple_of(every) {
             return Ok(());
         }
         let lr_table = self.config.optimizer.table.lr * lr;
@@ -474,7 +504,7 @@ impl<B: AutodiffBackend> Run<B> {
             s.scalar(tag, v as f32, step);
         }
         let hist_every = self.config.logging.histogram_every;
-        if hist_every > 0 && step % hist_every == 0 {
+        if hist_every > 0 && step.is_multiple_of(hist_every) {
             let dim = self.table.dim();
             let row_norms: Vec<f32> = grad.rows().iter().map(|&r| self.table.row(r as usize).iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
             let grad_norms: Vec<f32> = grad.values().chunks(dim).map(|g| g.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
@@ -544,6 +574,7 @@ impl<B: AutodiffBackend> Run<B> {
             examples_per_second: per_step(self.examples) / step_seconds.max(1e-12),
             tokens_per_second: per_step(self.tokens) / step_seconds.max(1e-12),
             step_timings: timings,
+            step_time: StepTimeStats::of(&self.step_ms),
             mean_rows_touched: per_step(self.rows_touched),
             table_rows: self.table.rows(),
             table_bytes: self.table.bytes() as u64,
