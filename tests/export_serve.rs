@@ -340,7 +340,7 @@ fn predict_loop_answers_each_line_as_a_co_process() {
     let dir = export_to(&tmp.path().join("1"), None);
     let predictor = Predictor::load(&dir).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sparseburn"))
-        .args(["predict", "--model", dir.to_str().unwrap(), "--top-k", "2"])
+        .args(["predict", "--model", dir.to_str().unwrap(), "--top-k", "2", "--max-line-bytes", "100000"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -374,6 +374,10 @@ fn predict_loop_answers_each_line_as_a_co_process() {
     assert!(ask(r#"{"txt": "x"}"#).get("error").unwrap().as_str().unwrap().contains("missing \"text\""));
     assert!(ask(r#"{"text": 5}"#).get("error").is_some());
     assert_eq!(parsed(&ask("")), expect(""));
+    // A line over --max-line-bytes is refused by number, without being kept.
+    let long = "word ".repeat(40_000);
+    let error = ask(&long)["error"].as_str().unwrap().to_string();
+    assert!(error.contains("line 7") && error.contains("longer than the limit of 100000 bytes"), "{error}");
     // Still alive after the bad lines.
     assert_eq!(parsed(&ask("communism and the space race")), expect("communism and the space race"));
     drop(stdin);

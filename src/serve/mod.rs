@@ -31,6 +31,9 @@ pub struct PredictArgs {
     /// Check file sizes only, not SHA-256 checksums (faster start for a huge table).
     #[arg(long)]
     pub no_verify: bool,
+    /// Longest input line, in bytes; longer lines are answered with an error.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_line_bytes: usize,
 }
 
 /// `sparseburn serve --model-base models/<name> --addr 127.0.0.1:8501`
@@ -91,7 +94,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     );
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
-    let stats = predict_loop::run(&predictor, args.top_k, stdin, stdout).context("predict loop")?;
+    let stats = predict_loop::run(&predictor, args.top_k, args.max_line_bytes, stdin, stdout).context("predict loop")?;
     log::info!("{} lines, {} errors", stats.lines, stats.errors);
     Ok(())
 }

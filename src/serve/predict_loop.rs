@@ -4,8 +4,9 @@
 //! A line whose first non-blank character is `{` is JSON: `{"text": "...",
 //! "id": any?}` (the `id`, if any, is echoed back). Any other line is the text
 //! itself. Output is `{"labels": [...], "scores": [...]}` (plus `"id"`), or
-//! `{"error": "..."}` for a line that cannot be read: exactly one output line
-//! per input line, whatever the input.
+//! `{"error": "line N: ..."}` for a line that cannot be read: exactly one
+//! output line per input line, whatever the input. A line longer than the
+//! limit is answered with an error and skipped without being held in memory.
 
 use std::io::{BufRead, Write};
 
@@ -22,16 +23,23 @@ pub struct LoopStats {
 }
 
 /// Runs until `input` ends (or `output` is closed, e.g. a broken pipe).
-pub fn run(predictor: &Predictor, top_k: usize, mut input: impl BufRead, mut output: impl Write) -> std::io::Result<LoopStats> {
+/// Lines over `max_line_bytes` (newline excluded) are refused.
+pub fn run(predictor: &Predictor, top_k: usize, max_line_bytes: usize, mut input: impl BufRead, mut output: impl Write) -> std::io::Result<LoopStats> {
     let mut stats = LoopStats::default();
     let mut line = Vec::new();
     loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
+        let Some(fits) = read_line_within(&mut input, &mut line, max_line_bytes)? else {
             return Ok(stats);
-        }
-        let reply = answer(predictor, top_k, &line);
+        };
         stats.lines += 1;
+        let mut reply = if fits {
+            answer(predictor, top_k, &line)
+        } else {
+            Reply::error(format!("longer than the limit of {max_line_bytes} bytes (--max-line-bytes)"))
+        };
+        if let Some(e) = &mut reply.error {
+            *e = format!("line {}: {e}", stats.lines);
+        }
         stats.errors += reply.error.is_some() as u64;
         let mut bytes = serde_json::to_vec(&reply).unwrap_or_else(|e| format!("{{\"error\":\"cannot encode the result: {e}\"}}").into_bytes());
         bytes.push(b'\n');
@@ -39,6 +47,40 @@ pub fn run(predictor: &Predictor, top_k: usize, mut input: impl BufRead, mut out
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(stats),
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads one line (newline included) into `line`, keeping at most `limit`
+/// bytes of it plus the newline. `None` at the end of input; `Some(false)` when
+/// the line was longer than `limit` (the rest of it is consumed and dropped).
+fn read_line_within(input: &mut impl BufRead, line: &mut Vec<u8>, limit: usize) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let (mut read_any, mut fits) = (false, true);
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(read_any.then_some(fits));
+        }
+        read_any = true;
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        let body = chunk.len() - done as usize;
+        if fits && line.len() + body <= limit {
+            line.extend_from_slice(chunk);
+        } else {
+            fits = false;
+        }
+        let n = chunk.len();
+        input.consume(n);
+        if done {
+            return Ok(Some(fits));
         }
     }
 }
@@ -83,4 +125,38 @@ fn answer(predictor: &Predictor, top_k: usize, raw: &[u8]) -> Reply {
     };
     reply.id = object.remove("id");
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every line of `data`, read through a 3-byte buffer so lines cross buffer
+    /// boundaries, against splitting the bytes directly.
+    #[test]
+    fn lines_within_the_limit_are_read_whole_and_longer_ones_are_refused() {
+        let data = b"ab\n\nabcdef\nabcde\r\nxyz\n0123456789abcdef\ntail-without-newline";
+        let limit = 6;
+        let mut input = std::io::BufReader::with_capacity(3, &data[..]);
+        let mut line = Vec::new();
+        let mut got = Vec::new();
+        while let Some(fits) = read_line_within(&mut input, &mut line, limit).unwrap() {
+            got.push((fits, line.clone()));
+        }
+        let want: Vec<(bool, Vec<u8>)> = data
+            .split_inclusive(|&b| b == b'\n')
+            .map(|l| {
+                let body = l.len() - l.ends_with(b"\n") as usize;
+                if body <= limit { (true, l.to_vec()) } else { (false, Vec::new()) }
+            })
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (i, ((gf, gl), (wf, wl))) in got.iter().zip(&want).enumerate() {
+            assert_eq!(gf, wf, "line {i}");
+            if *wf {
+                assert_eq!(gl, wl, "line {i}");
+            }
+        }
+        assert_eq!(want.iter().filter(|(f, _)| !f).count(), 2, "the example has two long lines");
+    }
 }
