@@ -115,6 +115,16 @@ impl AdamState {
         self.m.len() / self.dim
     }
 
+    /// Panics unless the table and gradient have this state's shape; returns
+    /// `dim`. The row check matters for soundness: rows are bounded by the
+    /// table, and the update writes the same rows of m and v.
+    fn check_shapes(&self, table: &EmbeddingTable, grad: &SparseGrad) -> usize {
+        assert_eq!(table.dim(), self.dim, "table and optimizer dims differ");
+        assert_eq!(grad.dim(), self.dim, "gradient and optimizer dims differ");
+        assert_eq!(table.rows(), self.rows(), "table and optimizer rows differ");
+        self.dim
+    }
+
     fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
         let decay = (!self.row_log_decay.is_empty()).then_some((&self.log_decay, &self.row_log_decay[..]));
         adam_state_arrays(&self.step, &self.m, &self.v, &self.row_steps, decay)
@@ -262,9 +272,7 @@ impl TableOptimizer for LazyAdam {
     }
 
     fn step(&mut self, table: &mut EmbeddingTable, grad: &SparseGrad, lr: f32) {
-        let dim = self.state.dim;
-        assert_eq!(table.dim(), dim, "table and optimizer dims differ");
-        assert_eq!(grad.dim(), dim, "gradient and optimizer dims differ");
+        let dim = self.state.check_shapes(table, grad);
         let (global_step_size, _) = self.state.begin_step(lr);
         let s = &mut self.state;
         let (config, log_decay, lr) = (s.config, s.log_decay, lr as f64);
@@ -347,9 +355,7 @@ impl TableOptimizer for DenseAdam {
     }
 
     fn step(&mut self, table: &mut EmbeddingTable, grad: &SparseGrad, lr: f32) {
-        let dim = self.state.dim;
-        assert_eq!(table.dim(), dim, "table and optimizer dims differ");
-        assert_eq!(table.rows(), self.state.rows(), "table and optimizer rows differ");
+        let dim = self.state.check_shapes(table, grad);
         let (step_size, decay) = self.state.begin_step(lr);
         let s = &mut self.state;
         let coeffs = Coeffs::new(&s.config);
@@ -417,5 +423,17 @@ mod tests {
             assert_eq!((bits(&w1), bits(&m1), bits(&v1)), (bits(&w2), bits(&m2), bits(&v2)));
             assert_ne!(w1, w0);
         }
+    }
+
+    /// A table larger than the optimizer's state must be refused before any
+    /// row is written: rows are checked against the table, and m, v would be
+    /// written out of bounds.
+    #[test]
+    #[should_panic(expected = "table and optimizer rows differ")]
+    fn lazy_step_refuses_a_table_larger_than_its_state() {
+        let mut opt = AdamConfig::default().init_lazy(10, 4);
+        let mut table = EmbeddingTable::from_vec(20, 4, vec![0.0; 80]);
+        let grad = SparseGrad::from_duplicates(4, &[15], &[1.0; 4]);
+        opt.step(&mut table, &grad, 1e-3);
     }
 }
