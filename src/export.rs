@@ -1,7 +1,10 @@
 //! Model bundles: what a trained run exports for serving.
 //!
 //! A bundle is one folder, written into a temporary sibling (`.tmp-export-*`)
-//! and renamed into place, so an interrupted export never looks complete:
+//! and renamed into place (or swapped in one step for `--force`), so an
+//! interrupted export never looks complete and never removes the bundle it
+//! was replacing; its leftover folder is removed by the next export there
+//! ([`crate::staging`]):
 //!
 //! - `manifest.json`: [`Manifest`], the format version, labels, tokenizer and
 //!   vocabulary settings, shapes, and the SHA-256 and size of every other file;
@@ -28,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::data::{TokenizerConfig, Vocab, VocabConfig};
 use crate::io::{sha256_file, write_atomic, write_safetensors, TensorOut};
+use crate::staging::StagingDir;
 use crate::model::Pooling;
 use crate::train::{checkpoint, run_dir};
 
@@ -36,6 +40,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const VOCAB_FILE: &str = "vocab.txt";
+/// Bundles are written in `<parent>/.tmp-export-*` folders, then renamed.
+pub const STAGING_PREFIX: &str = ".tmp-export-";
 
 /// `sparseburn export RUN_DIR --out MODEL_DIR`
 #[derive(clap::Args, Debug)]
@@ -204,7 +210,7 @@ fn export_next_version_with(run_dir: &Path, base: &Path, options: &ExportOptions
     // Another export may claim the same number between the scan and the rename: take the next one.
     for _ in 0..100 {
         let out = base.join(next_version(base)?.to_string());
-        match staged.publish(&out, false) {
+        match staged.publish(&out) {
             Ok(()) => return Ok(out),
             Err(e) if out.exists() => log::debug!("{}: taken meanwhile ({e:#}), trying the next version", out.display()),
             Err(e) => return Err(e),
@@ -225,7 +231,11 @@ pub fn export_with(run_dir: &Path, out: &Path, options: &ExportOptions) -> anyho
     }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut staged = stage(run_dir, parent, options)?;
-    staged.publish(out, options.force)?;
+    if out.exists() {
+        staged.replace(out)?;
+    } else {
+        staged.publish(out)?;
+    }
     Ok(out.to_path_buf())
 }
 
@@ -269,14 +279,8 @@ fn read_run_config(run_dir: &Path) -> anyhow::Result<Config> {
     toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))
 }
 
-/// A complete bundle in a temporary folder, not yet visible under its name.
-struct Staged {
-    /// `None` once published.
-    tmp: Option<tempfile::TempDir>,
-}
-
-/// Writes the bundle into a temporary folder inside `parent` (created if needed).
-fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Result<Staged> {
+/// Writes a bundle into a staging folder in `parent`, checked and complete, ready to publish.
+fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Result<StagingDir> {
     let config = read_run_config(run_dir)?;
     let labels = run_dir::read_labels(run_dir)?;
     let vocab_src = run_dir.join(run_dir::VOCAB_FILE);
@@ -304,12 +308,8 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
         }
     }
 
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-export-")
-        .tempdir_in(parent)
-        .with_context(|| format!("cannot create a folder in {}", parent.display()))?;
-    let dir = tmp.path();
+    let staging = StagingDir::new(parent, STAGING_PREFIX)?;
+    let dir = staging.path();
 
     let mut tensors = vec![TensorOut::f32("table", vec![table.rows(), table.dim()], table.as_slice())];
     for (i, l) in head.layers.iter().enumerate() {
@@ -370,49 +370,7 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
         }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).with_context(|| format!("cannot chmod {}", dir.display()))?;
     }
-    Ok(Staged { tmp: Some(tmp) })
-}
-
-impl Staged {
-    /// Renames the staged folder to `out`. With `replace`, an existing `out` is
-    /// first moved aside (so `out` is either the old or the new bundle, never
-    /// half of one) and deleted afterwards.
-    fn publish(&mut self, out: &Path, replace: bool) -> anyhow::Result<()> {
-        let Some(tmp) = &self.tmp else { bail!("already published") };
-        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-        let mut old = None;
-        if out.exists() {
-            if !replace {
-                bail!("{} already exists: export to a new version folder, or pass --force to replace it", out.display());
-            }
-            if !out.join(MANIFEST_FILE).is_file() {
-                bail!("refusing to replace {}: it is not a model bundle (no {MANIFEST_FILE}); did you mean a version folder inside it?", out.display());
-            }
-            let aside = tempfile::Builder::new().prefix(".tmp-replaced-").tempdir_in(parent)?.keep();
-            std::fs::rename(out, aside.join("old")).with_context(|| format!("cannot move {} aside", out.display()))?;
-            old = Some(aside);
-        }
-        let staged = tmp.path().to_path_buf();
-        if let Err(e) = std::fs::rename(&staged, out) {
-            if let Some(aside) = &old {
-                let _ = std::fs::rename(aside.join("old"), out);
-                let _ = std::fs::remove_dir_all(aside);
-            }
-            return Err(e).with_context(|| format!("cannot rename the bundle into {}", out.display()));
-        }
-        if let Some(tmp) = self.tmp.take() {
-            let _ = tmp.keep(); // renamed away: nothing left to delete
-        }
-        if let Some(aside) = old {
-            let _ = std::fs::remove_dir_all(aside);
-        }
-        // Make the rename durable.
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
+    Ok(staging)
 }
 
 /// `2024-05-01T12:34:56Z` for a system time (UTC, whole seconds).

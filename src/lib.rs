@@ -14,6 +14,7 @@ pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod serve;
+pub mod staging;
 pub mod summary;
 pub mod sys;
 pub mod train;

@@ -230,3 +230,62 @@ fn a_diverging_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
     assert!(e.contains(&latest.display().to_string()), "the message names the last good checkpoint: {e}");
     Checkpoint::open(&latest).unwrap().model().unwrap();
 }
+
+/// Predictions of the bundle at `dir` for a few texts, after loading it with
+/// every checksum verified (panics if the bundle is incomplete or corrupt).
+fn bundle_predictions(dir: &Path) -> Vec<(Vec<String>, Vec<f32>)> {
+    let p = sparseburn::serve::Predictor::load(dir).unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()));
+    ["the railroads of the west", "war and peace", ""].iter().map(|t| p.predict_one(t, 3)).map(|p| (p.labels, p.scores)).collect()
+}
+
+fn staging_folders(base: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(base).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with(".tmp-export-")).collect()
+}
+
+#[test]
+fn sigkill_during_export_never_leaves_a_missing_or_partial_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    // A 205k-row table (≈53 MB bundle), so that kills land while it is written and hashed.
+    let mut args = fresh(&dir);
+    args.extend(["--set".into(), "train.epochs=1".into(), "--set".into(), "vocab.buckets=200000".into()]);
+    assert!(run(&args).status.success());
+    let base = tmp.path().join("models");
+    let v1 = base.join("1");
+    let export = |extra: &[&str]| -> Vec<String> {
+        ["export", dir.to_str().unwrap()].iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let started = Instant::now();
+    let out = run(&export(&["--out", v1.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let duration = started.elapsed();
+    let want = bundle_predictions(&v1);
+
+    let mut rng = Lcg(77);
+    let (mut kills, mut left_staging) = (0, 0);
+    for trial in 0..12 {
+        // Alternate: replace version 1 in place, or add the next version.
+        let args = if trial % 2 == 0 { export(&["--out", v1.to_str().unwrap(), "--force"]) } else { export(&["--base", base.to_str().unwrap()]) };
+        let mut child = spawn(&args);
+        std::thread::sleep(duration.mul_f64(rng.next_f64() * 1.1));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        left_staging += staging_folders(&base).len().min(1);
+        // Version 1 is never missing nor partial, whatever was replacing it;
+        // every numbered version that exists is complete.
+        assert_eq!(bundle_predictions(&v1), want, "trial {trial}: version 1");
+        for (v, path) in sparseburn::export::versions(&base).unwrap() {
+            assert_eq!(bundle_predictions(&path), want, "trial {trial}: version {v}");
+        }
+    }
+    // A completed export removes what killed ones left behind.
+    let out = run(&export(&["--base", base.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(staging_folders(&base), Vec::<PathBuf>::new(), "stale staging folders are removed");
+    eprintln!("12 exports, {kills} SIGKILLs ({left_staging} left a staging folder): every bundle complete");
+    assert!(kills >= 6, "too few kills landed ({kills}): the export finished first");
+    assert!(left_staging >= 1, "no kill landed during a write");
+}
