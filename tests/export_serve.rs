@@ -581,7 +581,9 @@ fn http_refuses_beyond_max_concurrency_and_times_out_slow_requests() {
     let ok_body = r#"{"instances": ["a"]}"#;
 
     // One permit: a request holding it makes the next one 429 at once (no queueing).
-    let server = Server::start(ServerConfig { max_concurrency: 1, ..server_config(&base) }, "127.0.0.1:0", false).unwrap();
+    // (A long body timeout: the held body must outlast the checks below on a slow machine.)
+    let config = ServerConfig { max_concurrency: 1, body_timeout: Duration::from_secs(60), ..server_config(&base) };
+    let server = Server::start(config, "127.0.0.1:0", false).unwrap();
     let held = hold_request(&c, &server);
     let started = Instant::now();
     let (status, reply) = post(&c, &server, "/v1/models/sotu:predict", ok_body);
@@ -606,6 +608,21 @@ fn http_refuses_beyond_max_concurrency_and_times_out_slow_requests() {
     assert!(response.contains("\"error\":\"request not completed within 300 ms\""), "{response}");
     assert_eq!(metric(&c, &server, "sparseburn_predict_in_flight "), 0.0);
     assert_eq!(post(&c, &server, "/v1/models/sotu:predict", ok_body).0, 200);
+    server.shutdown().unwrap();
+
+    // A body that stops arriving releases its permit at the body timeout, long
+    // before the request timeout: the next request is admitted.
+    let config = ServerConfig { max_concurrency: 1, body_timeout: Duration::from_millis(200), request_timeout: Duration::from_secs(30), ..server_config(&base) };
+    let server = Server::start(config, "127.0.0.1:0", false).unwrap();
+    let started = Instant::now();
+    let held = hold_request(&c, &server);
+    let response = read_response(held);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("\"error\":\"request body not received within 200 ms\""), "{response}");
+    assert!(started.elapsed() < Duration::from_secs(10), "answered after {:?}, not at the body timeout", started.elapsed());
+    assert_eq!(metric(&c, &server, "sparseburn_predict_in_flight "), 0.0);
+    assert_eq!(post(&c, &server, "/v1/models/sotu:predict", ok_body).0, 200);
+    assert!(get(&c, &server, "/metrics").1.contains("sparseburn_predict_errors_total{reason=\"body_timeout\"} 1"));
 }
 
 #[test]

@@ -15,7 +15,9 @@
 //! `header_read_timeout` (a slow or stalled client, or an idle keep-alive
 //! connection) is closed: it never reaches a handler nor holds a permit.
 //! A predict request whose body trickles in does hold its permit (admission
-//! comes before the body), but only until `request_timeout` answers it 408.
+//! comes before the body, so memory for bodies stays bounded by
+//! `max_concurrency × max_body_bytes`), but only until `body_timeout` (or
+//! `request_timeout`, if shorter) answers it 408.
 //! Malformed JSON or a wrong shape → 400, an unknown model or version → 404;
 //! every error body is `{"error": "…"}`.
 //!
@@ -59,6 +61,9 @@ pub struct ServerConfig {
     /// Predict requests handled at once; more are refused with 429.
     pub max_concurrency: usize,
     pub request_timeout: Duration,
+    /// An admitted predict request's body must arrive within this long (else
+    /// 408): a body that trickles in holds its concurrency permit no longer.
+    pub body_timeout: Duration,
     /// A connection must deliver a request's complete headers within this long
     /// of starting to wait for them (else it is closed); this also closes idle
     /// keep-alive connections.
@@ -82,6 +87,7 @@ impl Default for ServerConfig {
             max_instances: 1024,
             max_concurrency: 64,
             request_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(2),
             header_read_timeout: Duration::from_secs(10),
             top_k: 3,
             verify_checksums: true,
@@ -120,8 +126,8 @@ impl Server {
         if config.max_concurrency == 0 || config.max_instances == 0 || config.max_body_bytes == 0 {
             bail!("max concurrency, max instances and max body size must be at least 1");
         }
-        if config.request_timeout.is_zero() || config.header_read_timeout.is_zero() {
-            bail!("the request and header read timeouts must be positive");
+        if config.request_timeout.is_zero() || config.header_read_timeout.is_zero() || config.body_timeout.is_zero() {
+            bail!("the request, body and header read timeouts must be positive");
         }
         let name = match &config.model_name {
             Some(n) => n.clone(),
@@ -488,9 +494,14 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
     }
 
     // The body, within DefaultBodyLimit (413 beyond it; the layer's limit travels in the request's extensions).
-    let bytes = match Bytes::from_request(request, &()).await {
-        Ok(b) => b,
-        Err(rejection) => {
+    let body_timeout = app.config.body_timeout;
+    let bytes = match tokio::time::timeout(body_timeout, Bytes::from_request(request, &())).await {
+        Ok(Ok(b)) => b,
+        Err(_) => {
+            metrics.record_error("body_timeout");
+            return error(StatusCode::REQUEST_TIMEOUT, format!("request body not received within {} ms", body_timeout.as_millis()));
+        }
+        Ok(Err(rejection)) => {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
                 metrics.record_error("body_too_large");

@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// Milliseconds before a request is answered 408.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Milliseconds an admitted predict request may take to send its body (408 beyond).
+    #[arg(long, default_value_t = 2_000)]
+    pub body_timeout_ms: u64,
     /// Milliseconds a connection may take to send a request's headers (or stay
     /// idle between requests) before it is closed.
     #[arg(long, default_value_t = 10_000)]
@@ -112,6 +115,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_instances: args.max_instances,
         max_concurrency: args.max_concurrency,
         request_timeout: Duration::from_millis(args.timeout_ms),
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
         header_read_timeout: Duration::from_millis(args.header_timeout_ms),
         top_k: args.top_k,
         verify_checksums: !args.no_verify,
