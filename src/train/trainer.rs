@@ -433,11 +433,18 @@ impl<B: AutodiffBackend> Run<B> {
         let logits = self.head.forward(x.clone());
         let targets: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
         let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &self.device);
-        let loss = loss_fn.forward(logits.clone(), targets);
-        let loss_value: f32 = loss.clone().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
-        let predicted = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
-        let correct = predicted.iter().zip(&batch.labels).filter(|(p, l)| **p == **l as i64).count();
+        // Correct predictions are counted on the dense device and come back with the loss.
+        let correct = logits.clone().argmax(1).squeeze_dim::<1>(1).equal(targets.clone()).int().sum().float();
+        let loss = loss_fn.forward(logits, targets);
+        let loss_and_correct = Tensor::cat(vec![loss.clone().detach(), correct], 0);
         lap(&mut self.timings.head_forward_ms);
+
+        // Read nothing back before the backward pass: on a GPU each read waits
+        // for the device, so the step waits once, for the loss and d_pooled together.
+        let mut grads = loss.backward();
+        let d_pooled = x.grad_remove(&mut grads).context("no gradient reached the pooled input")?;
+        let read = loss_and_correct.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (loss_value, correct) = (read[0], read[1]);
         if !loss_value.is_finite() {
             let last_good = match checkpoint::latest(&self.dir) {
                 Ok(dir) => format!("the last good checkpoint is {}", dir.display()),
@@ -445,9 +452,6 @@ impl<B: AutodiffBackend> Run<B> {
             };
             bail!("loss became {loss_value} at step {} (epoch {}); stopping: {last_good}", self.state.step + 1, self.state.epoch + 1);
         }
-
-        let mut grads = loss.backward();
-        let d_pooled = x.grad_remove(&mut grads).context("no gradient reached the pooled input")?;
         let d_pooled = d_pooled.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let head_grads = GradientsParams::from_grads(grads, &self.head);
         lap(&mut self.timings.head_backward_ms);
@@ -462,7 +466,7 @@ impl<B: AutodiffBackend> Run<B> {
         let head = std::mem::replace(&mut self.head, Head::from_weights(&HeadWeights { layers: Vec::new() }, &self.device));
         self.head = self.head_optimizer.step(self.config.optimizer.head.lr * lr, head, head_grads);
         lap(&mut self.timings.head_optimizer_ms);
-        Ok((loss_value, correct as f32 / n as f32))
+        Ok((loss_value, correct / n as f32))
     }
 
     fn log_step(&mut self, batch: &Batch, grad: &SparseGrad, loss: f32, accuracy: f32, lr: f64, bar: &ProgressBar) -> anyhow::Result<()> {
