@@ -178,6 +178,9 @@ pub fn adam_state_arrays<'a>(
     s
 }
 
+/// The per-row arrays of [`adam_state_arrays`].
+pub const ADAM_ROW_STATE: &[&str] = &["m", "v", "row_steps", "row_log_decay"];
+
 /// Adam's constants for one step, converted to f32 once.
 #[derive(Clone, Copy)]
 struct Coeffs {
@@ -318,6 +321,9 @@ impl TableOptimizer for LazyAdam {
     fn steps(&self) -> u64 {
         self.state.step
     }
+    fn per_row_state(&self) -> &'static [&'static str] {
+        ADAM_ROW_STATE
+    }
     fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
         self.state.state()
     }
@@ -352,6 +358,9 @@ pub struct DenseAdam {
 impl TableOptimizer for DenseAdam {
     fn name(&self) -> &'static str {
         "dense_adam"
+    }
+    fn updates_only_grad_rows(&self) -> bool {
+        false
     }
 
     fn step(&mut self, table: &mut EmbeddingTable, grad: &SparseGrad, lr: f32) {
@@ -389,6 +398,9 @@ impl TableOptimizer for DenseAdam {
 
     fn steps(&self) -> u64 {
         self.state.step
+    }
+    fn per_row_state(&self) -> &'static [&'static str] {
+        ADAM_ROW_STATE
     }
     fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
         self.state.state()

@@ -28,6 +28,16 @@ pub trait TableOptimizer: Send {
     fn steps(&self) -> u64;
     /// Every state array by name, for checkpoints.
     fn state(&self) -> Vec<(&'static str, StateData<'_>)>;
+    /// The arrays of [`TableOptimizer::state`] that hold one fixed-width record
+    /// per table row (moments, per-row counters), by name; every other array
+    /// is global (step counts, running products). Sparse and delta checkpoints
+    /// store only the touched rows of these; a row never touched holds zeros.
+    fn per_row_state(&self) -> &'static [&'static str];
+    /// Whether a step changes only the rows of its gradient (lazy optimizers);
+    /// a dense optimizer changes every row, so its checkpoints are always full.
+    fn updates_only_grad_rows(&self) -> bool {
+        true
+    }
     /// Restores the state written by [`TableOptimizer::state`]; sizes must match.
     fn load_state(&mut self, source: &dyn StateSource) -> Result<(), StateError>;
     /// Bytes held by the optimizer state.

@@ -42,6 +42,9 @@ impl TableOptimizer for Sgd {
     fn steps(&self) -> u64 {
         self.step
     }
+    fn per_row_state(&self) -> &'static [&'static str] {
+        &[]
+    }
     fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
         vec![("step", StateData::U64(std::slice::from_ref(&self.step)))]
     }
