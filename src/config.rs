@@ -176,13 +176,24 @@ impl Default for LoggingConfig {
 pub struct CheckpointConfig {
     /// Write a checkpoint every N steps (0 = only at the end).
     pub every: u64,
-    /// Checkpoints kept (oldest removed first).
+    /// Checkpoints kept (oldest removed first), each with the chain it builds on.
     pub keep: usize,
+    /// Links a chain may grow to (a base, then deltas holding only the rows
+    /// changed since the previous checkpoint) before a new base is written;
+    /// a new base is also written once the deltas outweigh the base.
+    /// 0 = every checkpoint is a base.
+    pub max_chain: u32,
+    /// A new base is written once the chain's deltas add up to more than this
+    /// many times the base's bytes (restoring reads at most about 1 + this × the base).
+    pub compact_ratio: f64,
+    /// Write checkpoints on a background thread from a copy of their rows, so
+    /// training continues meanwhile (the final one is always waited for).
+    pub background: bool,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        CheckpointConfig { every: 0, keep: 2 }
+        CheckpointConfig { every: 0, keep: 2, max_chain: 8, compact_ratio: 1.0, background: true }
     }
 }
 
@@ -290,6 +301,9 @@ impl Config {
         }
         if self.vocab.buckets > u32::MAX as u64 / 2 {
             bail!(at(source, "vocab.buckets", format!("{} is too many: row ids are u32", self.vocab.buckets)));
+        }
+        if !(self.checkpoint.compact_ratio >= 0.0 && self.checkpoint.compact_ratio.is_finite()) {
+            bail!(at(source, "checkpoint.compact_ratio", format!("must be a number >= 0, got {}", self.checkpoint.compact_ratio)));
         }
         let t = &self.optimizer.table;
         positive("optimizer.table.lr", t.lr)?;

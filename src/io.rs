@@ -35,6 +35,66 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
+/// Lowercase hex BLAKE3 of a file's bytes, hashed on all cores (the file is
+/// memory-mapped; a checkpoint of several GB verifies at memory speed).
+pub fn blake3_file(path: &Path) -> anyhow::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap_rayon(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// A writer that hashes (BLAKE3) every byte on its way to `inner`, so a file's
+/// checksum costs no second pass over it.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: blake3::Hasher::new() }
+    }
+    /// The hex BLAKE3 of everything written so far.
+    pub fn hex(&self) -> String {
+        self.hasher.finalize().to_hex().to_string()
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Streams a safetensors file (8-byte header length, JSON header, then the
+/// tensors' bytes in the given order) to `w` without building it in memory
+/// first; the safetensors crate reads it back.
+pub fn write_safetensors_to(w: &mut impl Write, tensors: &[TensorOut<'_>], metadata: &HashMap<String, String>) -> std::io::Result<()> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
+    }
+    let mut offset = 0;
+    for t in tensors {
+        let info = safetensors::tensor::TensorInfo { dtype: t.dtype, shape: t.shape.clone(), data_offsets: (offset, offset + t.bytes.len()) };
+        offset += t.bytes.len();
+        header.insert(t.name.clone(), serde_json::to_value(info)?);
+    }
+    let mut header = serde_json::to_vec(&header)?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    w.write_all(&(header.len() as u64).to_le_bytes())?;
+    w.write_all(&header)?;
+    for t in tensors {
+        w.write_all(t.bytes)?;
+    }
+    Ok(())
+}
+
 /// One tensor to write: little-endian bytes with dtype and shape.
 pub struct TensorOut<'a> {
     pub name: String,
@@ -44,6 +104,10 @@ pub struct TensorOut<'a> {
 }
 
 impl<'a> TensorOut<'a> {
+    pub fn u32(name: impl Into<String>, shape: Vec<usize>, values: &'a [u32]) -> Self {
+        TensorOut { name: name.into(), dtype: Dtype::U32, shape, bytes: bytemuck::cast_slice(values) }
+    }
+
     pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &'a [f32]) -> Self {
         TensorOut { name: name.into(), dtype: Dtype::F32, shape, bytes: bytemuck::cast_slice(values) }
     }
@@ -111,13 +175,24 @@ impl SafetensorsFile {
         Ok((&self.mmap[start..start + data.len()], t.shape().to_vec()))
     }
 
+    /// Whether the file holds tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors().tensor(name).is_ok()
+    }
+
+    /// Tensor `name` as u32 values (copied).
+    pub fn u32(&self, name: &str) -> anyhow::Result<(Vec<u32>, Vec<usize>)> {
+        let (bytes, shape) = self.raw(name, Dtype::U32)?;
+        Ok((bytemuck::pod_collect_to_vec(bytes), shape))
+    }
+
     /// Tensor `name` as f32 values (copied; safetensors offsets need not be aligned).
     pub fn f32(&self, name: &str) -> anyhow::Result<(Vec<f32>, Vec<usize>)> {
         let (bytes, shape) = self.raw(name, Dtype::F32)?;
         Ok((bytemuck::pod_collect_to_vec(bytes), shape))
     }
 
-    fn read_into<T: bytemuck::Pod>(&self, name: &str, dtype: Dtype, into: &mut [T]) -> Result<(), StateError> {
+    pub(crate) fn read_into<T: bytemuck::Pod>(&self, name: &str, dtype: Dtype, into: &mut [T]) -> Result<(), StateError> {
         let (bytes, _) = self.raw(name, dtype).map_err(|e| match self.tensors().tensor(name) {
             Err(_) => StateError::Missing(name.to_string()),
             Ok(t) => StateError::WrongType { name: name.to_string(), expected: dtype_name(dtype), found: format!("{:?} ({e})", t.dtype()) },

@@ -8,6 +8,7 @@ pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod durable;
 pub mod export;
 pub mod io;
 pub mod memory;

@@ -45,13 +45,18 @@ enum Command {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train { config, overrides, resume, run_dir } => {
-            let config = match (&config, &resume) {
-                (Some(path), _) => Config::load(path, &overrides)?,
-                (None, Some(dir)) => train::run_dir::read_config(dir)?,
+            let (config, resume_overrides) = match (&config, &resume) {
+                (Some(path), Some(dir)) => anyhow::bail!(
+                    "give either a config file ({}) or --resume {}, not both: a resumed run continues with its saved config",
+                    path.display(),
+                    dir.display()
+                ),
+                (Some(path), None) => (Config::load(path, &overrides)?, Vec::new()),
+                (None, Some(dir)) => (train::run_dir::read_config(dir)?, overrides),
                 (None, None) => anyhow::bail!("give a config file, or --resume RUN_DIR"),
             };
             train::install_ctrl_c_handler();
-            let outcome = train::train(&config, &TrainOptions { resume, run_dir, ..Default::default() })?;
+            let outcome = train::train(&config, &TrainOptions { resume, run_dir, resume_overrides, ..Default::default() })?;
             let e = &outcome.final_eval;
             println!(
                 "final eval: accuracy {:.4}, top-{} {:.4}, loss {:.4} ({} examples, {} steps, {:.0} examples/s)",

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use sparseburn::train::checkpoint::{self, Checkpoint};
 
+#[path = "support/checkpoint_state.rs"]
+mod checkpoint_state;
+use checkpoint_state::restored;
+
 const BIN: &str = env!("CARGO_BIN_EXE_sparseburn");
 
 /// A small, fast quickstart that checkpoints often (20k buckets keep checkpoints small).
@@ -43,9 +47,8 @@ fn resume(dir: &Path) -> Vec<String> {
 }
 
 /// The final weights and table-optimizer state, as bytes.
-fn final_state(dir: &Path) -> Vec<Vec<u8>> {
-    let ckpt = checkpoint::latest(dir).unwrap();
-    ["model.safetensors", "table_optimizer.safetensors"].iter().map(|f| std::fs::read(ckpt.join(f)).unwrap()).collect()
+fn final_state(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    restored(dir)
 }
 
 fn has_checkpoint(dir: &Path) -> bool {
@@ -147,44 +150,48 @@ fn resume_error(dir: &Path) -> String {
 fn corrupt_checkpoints_are_refused_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    assert!(run(&[fresh(&dir), vec!["--set".into(), "train.epochs=1".into()]].concat()).status.success());
+    // One checkpoint only (no older one to fall back to).
+    assert!(run(&[fresh(&dir), ["train.epochs=1", "checkpoint.every=0"].iter().flat_map(|s| ["--set".to_string(), s.to_string()]).collect()].concat()).status.success());
     let latest_name = std::fs::read_to_string(dir.join("checkpoints/LATEST")).unwrap();
-    let model = latest_file(&dir, "model.safetensors");
-    let original = std::fs::read(&model).unwrap();
+    let rows = latest_file(&dir, "rows.safetensors");
+    let original = std::fs::read(&rows).unwrap();
 
-    // A flipped byte in the middle of the table.
+    // A flipped byte in the middle of the stored rows.
     let mut flipped = original.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x40;
-    std::fs::write(&model, &flipped).unwrap();
+    std::fs::write(&rows, &flipped).unwrap();
     let e = resume_error(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("checksum mismatch"), "{e}");
+    assert!(e.contains("rows.safetensors") && e.contains("checksum mismatch") && e.contains("no complete checkpoint"), "{e}");
 
     // Truncated.
-    std::fs::write(&model, &original[..original.len() / 3]).unwrap();
+    std::fs::write(&rows, &original[..original.len() / 3]).unwrap();
     let e = resume_error(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("checksum mismatch"), "{e}");
-    std::fs::write(&model, &original).unwrap();
+    assert!(e.contains("rows.safetensors") && e.contains("checksum mismatch"), "{e}");
+    std::fs::write(&rows, &original).unwrap();
 
     // A checkpoint from another format version says so.
     let manifest = latest_file(&dir, "MANIFEST.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replace("\"format_version\": 1", "\"format_version\": 99")).unwrap();
+    std::fs::write(&manifest, text.replace("\"format_version\": 2", "\"format_version\": 99")).unwrap();
     let e = resume_error(&dir);
     assert!(e.contains("format version 99") && e.contains("not supported"), "{e}");
     std::fs::write(&manifest, &text).unwrap();
 
-    // A corrupt manifest, and a LATEST pointing nowhere.
+    // A corrupt manifest.
     std::fs::write(&manifest, "{ not json").unwrap();
     let e = resume_error(&dir);
     assert!(e.contains("MANIFEST.json") && e.contains("corrupt manifest"), "{e}");
     std::fs::write(&manifest, &text).unwrap();
+
+    // A LATEST pointing nowhere falls back to the checkpoint that is there, with a warning.
     std::fs::write(dir.join("checkpoints/LATEST"), "step-99999999").unwrap();
-    let e = resume_error(&dir);
-    assert!(e.contains("step-99999999") && e.contains("does not exist"), "{e}");
+    let out = run(&resume(&dir));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{e}");
+    assert!(e.contains("warning") && e.contains("step-99999999") && e.contains(latest_name.trim()), "{e}");
 
     // A corrupt saved config names the file and the problem.
-    std::fs::write(dir.join("checkpoints/LATEST"), &latest_name).unwrap();
     std::fs::write(dir.join("config.toml"), "[train]\nbatch_size = \"x\"\n").unwrap();
     let e = resume_error(&dir);
     assert!(e.contains("config.toml") && e.contains("train.batch_size"), "{e}");
@@ -199,7 +206,7 @@ fn a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint() {
     assert!(run(&first).status.success());
     let before = checkpoint::latest(&dir).unwrap();
     let before_bytes = final_state(&dir);
-    // Resume with a 4 MB file-size limit: the next checkpoint (≈50 MB table) cannot be written.
+    // Resume with a 4 MB file-size limit: the next checkpoint (the rows an epoch touches, > 4 MB) cannot be written.
     // SIGXFSZ is ignored so the write fails with EFBIG instead of killing the process.
     // Extend the run by one epoch (resume reads the saved config).
     let config = dir.join("config.toml");
@@ -208,7 +215,7 @@ fn a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint() {
     let out = Command::new("bash").arg("-c").arg(format!("trap '' XFSZ; ulimit -f 4096; exec {BIN} train --resume {}", dir.display())).output().unwrap();
     assert!(!out.status.success(), "the checkpoint cannot fit, so the run must fail");
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("model.safetensors") && (e.contains("File too large") || e.contains("No space")), "{e}");
+    assert!(e.contains("rows.safetensors") && (e.contains("File too large") || e.contains("No space")), "{e}");
     // The previous checkpoint is still the latest, complete and unchanged.
     assert_eq!(checkpoint::latest(&dir).unwrap(), before);
     Checkpoint::open(&before).unwrap();

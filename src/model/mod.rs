@@ -9,4 +9,4 @@ pub mod table;
 pub use bag::{bag_backward, bag_forward, pool_one, Bags, Pooling};
 pub use head::{DenseLayer, Head, HeadConfig, HeadWeights};
 pub use sparse_grad::SparseGrad;
-pub use table::{EmbeddingTable, TableInit};
+pub use table::{EmbeddingTable, TableInit, TableRecipe};

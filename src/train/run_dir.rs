@@ -15,6 +15,35 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const LABELS_FILE: &str = "labels.txt";
 pub const VOCAB_FILE: &str = "vocab.txt";
 pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const LOCK_FILE: &str = ".lock";
+
+/// An exclusive lock on a run directory, held while a process trains in it:
+/// a second `train` or `--resume` of the same directory would otherwise
+/// delete the first one's staging folders and interleave its logs.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Locks `dir` for this process (the lock file holds its PID), or says which process holds it.
+pub fn lock(dir: &Path) -> anyhow::Result<RunLock> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).and_then(|_| write!(file, "{}", std::process::id())).with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(RunLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "{}: the run directory is in use by process {} (another `sparseburn train` is training or resuming it); wait for it to finish or stop it",
+                dir.display(),
+                holder.trim()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
 
 /// Creates a fresh `<arm>-<n>` folder (the first free n; `create_dir` is atomic,
 /// so concurrent runs never share one).

@@ -18,7 +18,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, Checkpoint, TrainerState};
+use super::checkpoint::{self, Checkpoint, CheckpointStats, Checkpointer, TrainerState};
 use super::eval::{evaluate, EvalMetrics};
 use super::prepare::{prepare, Prepared};
 use super::run_dir::{self, MetricsLog};
@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::data::{Batch, BatchIter};
 use crate::device::{DenseDevice, TABLE_DEVICE};
 use crate::memory::MemoryPlan;
-use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Head, HeadConfig, HeadWeights, SparseGrad};
+use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Head, HeadConfig, HeadWeights, SparseGrad, TableRecipe};
 use crate::optim::TableOptimizer;
 use crate::summary::{GraphSpec, HParamValue, RunSummary};
 use crate::sys;
@@ -53,7 +53,14 @@ pub struct TrainOptions {
     pub run_dir: Option<PathBuf>,
     /// Stop after this global step as if interrupted (checkpoint, then return): for tests and tools.
     pub stop_after_step: Option<u64>,
+    /// `KEY=VALUE` changes to a resumed run's saved config: only `train.epochs`
+    /// and `train.max_steps`, to extend a run (anything else would change what
+    /// the checkpoints mean).
+    pub resume_overrides: Vec<String>,
 }
+
+/// The keys `--set` may change on `--resume`.
+pub const RESUME_OVERRIDABLE: [&str; 2] = ["train.epochs", "train.max_steps"];
 
 /// Mean milliseconds per step of each phase.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -117,6 +124,12 @@ pub struct RunOutcome {
     pub optimizer_state_bytes: u64,
     pub peak_rss_bytes: u64,
     pub interrupted: bool,
+    /// Seconds from the start of `train` to the end of this session's first step.
+    #[serde(default)]
+    pub time_to_first_step_seconds: f64,
+    /// What checkpoints cost this session.
+    #[serde(default)]
+    pub checkpoint: CheckpointStats,
 }
 
 /// Burn's flex backend for a head on the CPU: 1.3× faster steps than ndarray
@@ -168,6 +181,14 @@ struct Run<B: AutodiffBackend> {
     table_optimizer: Box<dyn TableOptimizer>,
     head_optimizer: OptimizerAdaptor<Adam, Head<B>, B>,
     state: TrainerState,
+    checkpointer: Checkpointer,
+    /// Whether the table optimizer changes every row each step (checkpoints are then full).
+    dense_table_updates: bool,
+    /// When `train` started, and when this session's first step ended (seconds after).
+    started: Instant,
+    first_step_seconds: Option<f64>,
+    /// Held until the run ends: a second process gets a clear error.
+    _lock: run_dir::RunLock,
     summary: Option<RunSummary>,
     metrics: MetricsLog,
     best: Option<EvalMetrics>,
@@ -181,11 +202,17 @@ struct Run<B: AutodiffBackend> {
 }
 
 fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::Device, dense: DenseDevice) -> anyhow::Result<RunOutcome> {
+    let started = Instant::now();
     let log = !config.logging.quiet;
-    let (config, dir, checkpoint) = match &options.resume {
+    let (config, dir) = match &options.resume {
         Some(dir) => {
-            let ckpt = Checkpoint::open(&checkpoint::latest(dir)?)?;
-            (run_dir::read_config(dir)?, dir.clone(), Some(ckpt))
+            for o in &options.resume_overrides {
+                let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+                if !RESUME_OVERRIDABLE.contains(&key) {
+                    bail!("--set {o}: `{key}` cannot change on --resume (the run continues with its saved config); only {} can, to extend it", RESUME_OVERRIDABLE.join(" and "));
+                }
+            }
+            (crate::config::Config::load(&dir.join(run_dir::CONFIG_FILE), &options.resume_overrides)?, dir.clone())
         }
         None => (config.clone(), match &options.run_dir {
             Some(d) => {
@@ -193,9 +220,27 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
                 d.clone()
             }
             None => run_dir::create(config)?,
-        }, None),
+        }),
+    };
+    // Before anything in the run directory is read or written.
+    let lock = run_dir::lock(&dir)?;
+    let checkpoint = match &options.resume {
+        Some(dir) => Some(Checkpoint::open_latest(dir)?),
+        None => None,
     };
     let data = prepare(&config)?;
+    if let Some(ckpt) = &checkpoint {
+        let total = total_steps(&config, data.train.len());
+        let summary = dir.join("summary.json");
+        if ckpt.state.step >= total && summary.is_file() {
+            // Nothing to train: report the finished run and change nothing.
+            let text = std::fs::read_to_string(&summary).with_context(|| format!("cannot read {}", summary.display()))?;
+            let outcome: RunOutcome = serde_json::from_str(&text).with_context(|| format!("{}: corrupt summary", summary.display()))?;
+            // Said even with logging.quiet (which silences progress): the user asked for work that is not done.
+            eprintln!("{}: already complete ({} of {total} steps); nothing to do (extend it with --set train.epochs=N)", dir.display(), ckpt.state.step);
+            return Ok(outcome);
+        }
+    }
     if log {
         let s = &data.train.stats;
         eprintln!(
@@ -227,22 +272,29 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
     }
     let mut table_optimizer = config.optimizer.table.init(rows, dim);
     let mut head_optimizer = head_optimizer_config(&config).init::<B, Head<B>>();
-    let (table, head_weights, state) = match &checkpoint {
+    // Rows are generated from the recipe when first used: start-up costs
+    // nothing per row, and rows no batch touches are never written.
+    let recipe = TableRecipe { rows, dim, init: config.model.init, seed: config.experiment.seed };
+    let mut table = EmbeddingTable::lazy(recipe);
+    let (head_weights, state) = match &checkpoint {
         Some(ckpt) => {
-            let (table, head) = ckpt.model()?;
-            if table.rows() != rows || table.dim() != dim {
-                bail!("{}: checkpoint table is {}×{}, the data and config give {rows}×{dim}", ckpt.dir.display(), table.rows(), table.dim());
-            }
+            ckpt.restore_table(&mut table)?;
+            let head = ckpt.head()?;
             ckpt.load_table_optimizer(table_optimizer.as_mut())?;
             let record = recorder().load(ckpt.head_optimizer_record()?, &device).with_context(|| format!("{}: head optimizer state", ckpt.dir.display()))?;
             head_optimizer = head_optimizer.load_record(record);
-            (table, head, ckpt.state.clone())
+            (head, ckpt.state.clone())
         }
-        None => {
-            let seed = config.experiment.seed;
-            (EmbeddingTable::new(rows, dim, config.model.init, seed), head_config.init_weights(seed), TrainerState::default())
-        }
+        None => (head_config.init_weights(config.experiment.seed), TrainerState::default()),
     };
+    let dense_table_updates = !table_optimizer.updates_only_grad_rows();
+    if dense_table_updates {
+        table.materialize_all();
+    }
+    // Evaluation reads the test examples' rows: materialise them once.
+    table.materialize(&data.test.ids);
+    let optimizer_config = serde_json::to_value(&config.optimizer.table).context("recording the table optimizer config")?;
+    let checkpointer = Checkpointer::new(&dir, &config.checkpoint, recipe, optimizer_config, checkpoint.as_ref())?;
     let head = Head::<B>::from_weights(&head_weights, &device);
     // A fresh run in a reused directory starts a fresh log; a resumed one drops records past its checkpoint.
     let metrics = MetricsLog::open(&dir, Some(checkpoint.as_ref().map_or(0, |c| c.state.step)))?;
@@ -258,6 +310,11 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         table_optimizer,
         head_optimizer,
         state,
+        checkpointer,
+        dense_table_updates,
+        started,
+        first_step_seconds: None,
+        _lock: lock,
         summary,
         metrics,
         best: None,
@@ -268,7 +325,7 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         examples: 0,
         steps_this_session: 0,
     };
-    run.write_static_summaries(dense);
+    run.write_static_summaries(dense, checkpoint.is_none());
     let outcome = run.train_loop(options.stop_after_step).and_then(|interrupted| run.finish(interrupted));
     // Finish TensorBoard on every path (tensorboard-rs completes its file only when the
     // writer is dropped): close marks the HParams session a success, a plain drop a failure.
@@ -281,15 +338,20 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
     outcome
 }
 
+/// Steps a run of `config` over `train_examples` examples takes.
+fn total_steps(config: &Config, train_examples: usize) -> u64 {
+    let per_epoch = BatchIter::batches_per_epoch(train_examples, config.train.batch_size) as u64;
+    let all = per_epoch * config.train.epochs as u64;
+    match config.train.max_steps {
+        0 => all,
+        m if config.train.epochs == 0 => m,
+        m => m.min(all),
+    }
+}
+
 impl<B: AutodiffBackend> Run<B> {
     fn total_steps(&self) -> u64 {
-        let per_epoch = BatchIter::batches_per_epoch(self.data.train.len(), self.config.train.batch_size) as u64;
-        let all = per_epoch * self.config.train.epochs as u64;
-        match self.config.train.max_steps {
-            0 => all,
-            m if self.config.train.epochs == 0 => m,
-            m => m.min(all),
-        }
+        total_steps(&self.config, self.data.train.len())
     }
 
     fn graph_spec(&self, dense: DenseDevice) -> GraphSpec {
@@ -308,7 +370,8 @@ impl<B: AutodiffBackend> Run<B> {
     }
 
     /// Graph, hparams and config: written once per run, never per step.
-    fn write_static_summaries(&mut self, dense: DenseDevice) {
+    /// `first_session`: a resumed run already has its graph and hparams session.
+    fn write_static_summaries(&mut self, dense: DenseDevice, first_session: bool) {
         let spec = self.graph_spec(dense);
         if self.config.logging.log_device_placement {
             eprintln!("device placement:");
@@ -337,7 +400,7 @@ impl<B: AutodiffBackend> Run<B> {
             ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
         ];
         let config_text = format!("```toml\n{}\n```", c.to_toml());
-        if let Some(s) = &mut self.summary {
+        if let Some(s) = self.summary.as_mut().filter(|_| first_session) {
             s.graph(&spec);
             s.hparams(&hparams, &["eval/accuracy", "eval/loss", "eval/top_k_accuracy"]);
             s.text("config", &config_text, self.state.step);
@@ -356,18 +419,22 @@ impl<B: AutodiffBackend> Run<B> {
         let mut session_start = Instant::now();
         let seconds_before = self.state.train_seconds;
         let bs = self.config.train.batch_size;
+        let per_epoch = BatchIter::batches_per_epoch(self.data.train.len(), bs);
+        let eval_every = self.config.train.eval_every;
         while self.state.step < total {
             let epoch = self.state.epoch;
             let mut batches = BatchIter::new(self.data.train.clone(), bs, self.config.experiment.seed, epoch, self.state.batch_in_epoch as usize);
-            loop {
-                if self.state.step >= total {
-                    break;
-                }
+            while self.state.step < total {
                 let t0 = Instant::now();
-                let Some(batch) = batches.next() else { break };
+                let Some(batch) = batches.next() else {
+                    // A checkpoint from before epochs rolled over inline: this epoch is done.
+                    (self.state.epoch, self.state.batch_in_epoch) = (epoch + 1, 0);
+                    break;
+                };
                 let t_data = t0.elapsed();
                 let lr = lr_factor(self.config.train.schedule, self.config.train.warmup_steps, self.state.step, total);
                 let (loss, accuracy) = self.step(&batch, &loss_fn, &mut pooled, &mut grad, lr)?;
+                self.first_step_seconds.get_or_insert_with(|| self.started.elapsed().as_secs_f64());
                 self.timings.data_ms += t_data.as_secs_f64() * 1e3;
                 self.step_ms.push((t0.elapsed().as_secs_f64() * 1e3) as f32);
                 self.state.step += 1;
@@ -379,28 +446,35 @@ impl<B: AutodiffBackend> Run<B> {
                 self.state.train_seconds = seconds_before + session_start.elapsed().as_secs_f64();
                 self.log_step(&batch, &grad, loss, accuracy, lr, &bar)?;
 
+                // The epoch rolls over before evaluation and checkpoint, so a checkpoint
+                // at this step already includes its evaluation and a resume never repeats it.
                 let step = self.state.step;
-                if self.config.train.eval_every > 0 && step.is_multiple_of(self.config.train.eval_every) && step < total {
+                let epoch_done = self.state.batch_in_epoch as usize >= per_epoch;
+                if epoch_done {
+                    (self.state.epoch, self.state.batch_in_epoch) = (epoch + 1, 0);
+                }
+                // eval_every = 0: at the end of every epoch; else every eval_every steps and at the end.
+                let evaluate_now = match eval_every {
+                    0 => epoch_done,
+                    n => step.is_multiple_of(n) || step >= total,
+                };
+                if evaluate_now {
                     let paused = Instant::now();
                     self.eval_and_log(&bar)?;
                     session_start += paused.elapsed(); // evaluation is not training time
                 }
                 if self.config.checkpoint.every > 0 && step.is_multiple_of(self.config.checkpoint.every) {
                     let paused = Instant::now();
-                    self.checkpoint()?;
+                    self.checkpoint(false)?;
                     session_start += paused.elapsed();
                 }
                 if STOP.load(Ordering::SeqCst) || stop_after_step == Some(step) {
                     bar.abandon_with_message("interrupted");
                     return Ok(true);
                 }
-            }
-            if self.state.step < total || self.state.batch_in_epoch as usize >= BatchIter::batches_per_epoch(self.data.train.len(), bs) {
-                self.state.epoch += 1;
-                self.state.batch_in_epoch = 0;
-                let paused = Instant::now();
-                self.eval_and_log(&bar)?;
-                session_start += paused.elapsed();
+                if epoch_done {
+                    break;
+                }
             }
         }
         bar.finish_and_clear();
@@ -426,6 +500,7 @@ impl<B: AutodiffBackend> Run<B> {
         };
 
         pooled.resize(n * dim, 0.0);
+        self.table.materialize(&batch.ids);
         bag_forward(self.table.as_slice(), dim, bags, pooling, pooled);
         lap(&mut self.timings.bag_forward_ms);
 
@@ -446,6 +521,8 @@ impl<B: AutodiffBackend> Run<B> {
         let read = loss_and_correct.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let (loss_value, correct) = (read[0], read[1]);
         if !loss_value.is_finite() {
+            // A checkpoint still being written becomes the last good one first.
+            let _ = self.checkpointer.wait();
             let last_good = match checkpoint::latest(&self.dir) {
                 Ok(dir) => format!("the last good checkpoint is {}", dir.display()),
                 Err(_) => "no checkpoint was written before it".to_string(),
@@ -461,6 +538,11 @@ impl<B: AutodiffBackend> Run<B> {
 
         let table_lr = (self.config.optimizer.table.lr * lr) as f32;
         self.table_optimizer.step(&mut self.table, grad, table_lr);
+        if self.dense_table_updates {
+            self.checkpointer.record_all_rows();
+        } else {
+            self.checkpointer.record_rows(grad.rows());
+        }
         lap(&mut self.timings.table_optimizer_ms);
 
         let head = std::mem::replace(&mut self.head, Head::from_weights(&HeadWeights { layers: Vec::new() }, &self.device));
@@ -548,13 +630,22 @@ impl<B: AutodiffBackend> Run<B> {
         Ok(m)
     }
 
-    fn checkpoint(&mut self) -> anyhow::Result<PathBuf> {
+    /// Saves a checkpoint: in the loop on a background thread, at the end durably before returning.
+    fn checkpoint(&mut self, final_save: bool) -> anyhow::Result<PathBuf> {
         let record = recorder().record(self.head_optimizer.to_record(), ()).context("serialising the head optimizer")?;
-        checkpoint::save(&self.dir, &self.state, &self.table, &self.head.weights(), self.table_optimizer.as_ref(), &record, self.config.checkpoint.keep)
+        self.checkpointer.save(&self.state, &self.table, &self.head.weights(), self.table_optimizer.as_ref(), record, final_save)?;
+        Ok(checkpoint::checkpoints_dir(&self.dir).join(format!("step-{:08}", self.state.step)))
     }
 
     fn finish(&mut self, interrupted: bool) -> anyhow::Result<RunOutcome> {
-        let ckpt = self.checkpoint()?;
+        let ckpt = self.checkpoint(true)?;
+        // The checkpoint keeps lazy weight decay's state (resume stays exact);
+        // evaluation and the projector see the weights a dense optimizer would
+        // have, as export does (Checkpoint::model applies the same decay).
+        if self.table_optimizer.state().iter().any(|(name, _)| *name == "row_log_decay") {
+            self.table.materialize_all();
+            self.table_optimizer.apply_pending_decay(&mut self.table);
+        }
         let head = self.head.valid().weights();
         let final_eval = evaluate(&self.table, &head, self.config.model.pooling, &self.data.test, self.config.train.top_k);
         let n = self.steps_this_session.max(1) as f64;
@@ -587,6 +678,8 @@ impl<B: AutodiffBackend> Run<B> {
             optimizer_state_bytes: self.table_optimizer.state_bytes() as u64,
             peak_rss_bytes: sys::peak_rss_bytes().unwrap_or(0),
             interrupted,
+            time_to_first_step_seconds: self.first_step_seconds.unwrap_or(0.0),
+            checkpoint: self.checkpointer.stats().clone(),
         };
         crate::io::write_atomic(&self.dir.join("summary.json"), |w| serde_json::to_writer_pretty(w, &outcome).map_err(std::io::Error::other))?;
         if self.config.logging.tensorboard {
@@ -598,12 +691,14 @@ impl<B: AutodiffBackend> Run<B> {
         Ok(outcome)
     }
 
-    fn write_projector(&self) -> anyhow::Result<()> {
+    fn write_projector(&mut self) -> anyhow::Result<()> {
         let n = self.config.logging.projector_words.min(self.data.featurizer.vocab().len());
         if n == 0 {
             return Ok(());
         }
         let words = &self.data.featurizer.vocab().words()[..n];
+        let ids: Vec<u32> = (0..n as u32).collect();
+        self.table.materialize(&ids);
         let dim = self.table.dim();
         crate::summary::write_projector(&self.dir, words, &self.table.as_slice()[..n * dim], dim)
     }

@@ -1,0 +1,399 @@
+//! Writing checkpoints: which rows to store (base or delta), a snapshot of
+//! them, and the durable write on a background thread.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use rayon::prelude::*;
+use safetensors::tensor::Dtype;
+use serde::{Deserialize, Serialize};
+
+use super::chain::Checkpoint;
+use super::manifest::{LinkKind, Manifest, CHECKPOINT_FORMAT_VERSION, HEAD_FILE, HEAD_OPTIM_FILE, LATEST_FILE, MANIFEST_FILE, ROWS_FILE, TRAINER_FILE};
+use super::rowset::RowSet;
+use super::{checkpoints_dir, folder_name, TrainerState};
+use crate::config::CheckpointConfig;
+use crate::durable;
+use crate::io::{write_safetensors_to, HashingWriter, TensorOut};
+use crate::model::{EmbeddingTable, HeadWeights, TableRecipe};
+use crate::optim::{StateData, TableOptimizer};
+
+/// What checkpointing cost a run (this session).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointStats {
+    pub written: u64,
+    pub bases: u64,
+    pub deltas: u64,
+    /// Bytes of all checkpoint files written.
+    pub bytes: u64,
+    /// Seconds the training loop stood still for checkpoints (snapshots, and
+    /// waiting for a previous write still in flight).
+    pub seconds_in_loop: f64,
+    /// Seconds spent on the final checkpoint (snapshot, write and fsync).
+    pub seconds_final: f64,
+}
+
+/// The newest link of the chain being extended.
+struct Tip {
+    name: String,
+    depth: u32,
+    base_bytes: u64,
+    delta_bytes: u64,
+}
+
+/// Tracks which rows changed and writes checkpoints of a run.
+pub struct Checkpointer {
+    root: PathBuf,
+    keep: usize,
+    max_chain: u32,
+    compact_ratio: f64,
+    background: bool,
+    recipe: TableRecipe,
+    optimizer_config: serde_json::Value,
+    /// Rows changed since the run began: what a base stores.
+    touched: RowSet,
+    /// Rows changed since the last checkpoint: what a delta stores.
+    dirty: RowSet,
+    tip: Option<Tip>,
+    /// Step of the newest complete (or in-flight) checkpoint.
+    last_step: Option<u64>,
+    in_flight: Option<JoinHandle<anyhow::Result<Written>>>,
+    stats: CheckpointStats,
+}
+
+impl Drop for Checkpointer {
+    /// A run that stops on an error still completes the checkpoint in flight.
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
+struct Written {
+    kind: LinkKind,
+    bytes: u64,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing into `<run_dir>/checkpoints`, continuing the chain
+    /// of `resumed` if given. The caller holds the run's lock: any staging
+    /// leftovers there belong to a dead process and are removed.
+    pub fn new(run_dir: &Path, config: &CheckpointConfig, recipe: TableRecipe, optimizer_config: serde_json::Value, resumed: Option<&Checkpoint>) -> anyhow::Result<Self> {
+        let root = checkpoints_dir(run_dir);
+        std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+        remove_leftovers(&root);
+        let mut touched = RowSet::new(recipe.rows);
+        let mut tip = None;
+        if let Some(c) = resumed {
+            match c.stored_rows()? {
+                Some(rows) => touched.insert(&rows),
+                None => touched.insert_all(),
+            }
+            let (base_bytes, delta_bytes) = c.chain_bytes();
+            let (name, depth) = c.tip();
+            tip = Some(Tip { name: name.to_string(), depth, base_bytes, delta_bytes });
+        }
+        Ok(Checkpointer {
+            root,
+            keep: config.keep.max(1),
+            max_chain: config.max_chain,
+            compact_ratio: config.compact_ratio,
+            background: config.background,
+            recipe,
+            optimizer_config,
+            touched,
+            dirty: RowSet::new(recipe.rows),
+            tip,
+            last_step: resumed.map(|c| c.state.step),
+            in_flight: None,
+            stats: CheckpointStats::default(),
+        })
+    }
+
+    /// Records the rows a step changed (the sorted unique rows of its gradient).
+    pub fn record_rows(&mut self, rows: &[u32]) {
+        self.touched.insert(rows);
+        self.dirty.insert(rows);
+    }
+
+    /// Records that every row changed (a dense optimizer's step).
+    pub fn record_all_rows(&mut self) {
+        self.touched.insert_all();
+        self.dirty.insert_all();
+    }
+
+    pub fn stats(&self) -> &CheckpointStats {
+        &self.stats
+    }
+
+    /// Saves a checkpoint of the state at `state.step`, unless one of that
+    /// step is already complete (a checkpoint is never rewritten). With
+    /// `background`, the rows are copied and written on a thread while
+    /// training continues; otherwise (and for the final checkpoint) the call
+    /// returns once the checkpoint is durable.
+    pub fn save(&mut self, state: &TrainerState, table: &EmbeddingTable, head: &HeadWeights, optimizer: &dyn TableOptimizer, head_record: Vec<u8>, final_save: bool) -> anyhow::Result<()> {
+        let started = Instant::now();
+        // At most one in flight: a previous write must finish (and its error surfaces) first.
+        self.wait()?;
+        if self.last_step != Some(state.step) {
+            let snapshot = self.snapshot(state, table, head, optimizer, head_record)?;
+            self.dirty.clear();
+            self.last_step = Some(state.step);
+            let (root, keep) = (self.root.clone(), self.keep);
+            if self.background && !final_save {
+                let handle = std::thread::Builder::new()
+                    .name("checkpoint".into())
+                    .spawn(move || snapshot.write(&root, keep))
+                    .context("starting the checkpoint thread")?;
+                self.in_flight = Some(handle);
+            } else {
+                let written = snapshot.write(&root, keep)?;
+                self.count(written);
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        if final_save { self.stats.seconds_final += seconds } else { self.stats.seconds_in_loop += seconds }
+        Ok(())
+    }
+
+    /// Waits for the checkpoint in flight, if any; returns its error.
+    pub fn wait(&mut self) -> anyhow::Result<()> {
+        if let Some(handle) = self.in_flight.take() {
+            let written = handle.join().map_err(|_| anyhow::anyhow!("the checkpoint thread panicked"))??;
+            self.count(written);
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, w: Written) {
+        self.stats.written += 1;
+        self.stats.bytes += w.bytes;
+        match w.kind {
+            LinkKind::Base => self.stats.bases += 1,
+            LinkKind::Delta => self.stats.deltas += 1,
+        }
+        if let Some(tip) = &mut self.tip {
+            match w.kind {
+                LinkKind::Base => tip.base_bytes = w.bytes,
+                LinkKind::Delta => tip.delta_bytes += w.bytes,
+            }
+        }
+    }
+
+    /// Copies what the next checkpoint stores: a delta of the dirty rows while
+    /// the chain is short and its deltas lighter than its base, else a new base.
+    fn snapshot(&mut self, state: &TrainerState, table: &EmbeddingTable, head: &HeadWeights, optimizer: &dyn TableOptimizer, head_record: Vec<u8>) -> anyhow::Result<Snapshot> {
+        let rows = self.recipe.rows;
+        let dim = table.dim();
+        let arrays = optimizer.state();
+        let per_row_bytes: usize = arrays.iter().filter(|(n, _)| optimizer.per_row_state().contains(n)).map(|(_, d)| d.bytes() / rows.max(1)).sum();
+        let row_bytes = (dim * 4 + per_row_bytes) as u64;
+        let delta_bytes = self.dirty.len(rows) as u64 * row_bytes;
+        let as_delta = self.tip.as_ref().filter(|t| t.depth < self.max_chain && (t.delta_bytes + delta_bytes) as f64 <= t.base_bytes as f64 * self.compact_ratio);
+        let (kind, parent, depth, ids) = match as_delta {
+            Some(t) => (LinkKind::Delta, Some(t.name.clone()), t.depth + 1, self.dirty.sorted()),
+            None => (LinkKind::Base, None, 0, self.touched.sorted()),
+        };
+        let name = folder_name(state.step);
+        if kind == LinkKind::Base {
+            self.tip = Some(Tip { name: name.clone(), depth: 0, base_bytes: 0, delta_bytes: 0 });
+        } else if let Some(t) = &mut self.tip {
+            t.name = name.clone();
+            t.depth = depth;
+        }
+
+        let mut tensors = Vec::new();
+        let stored = ids.as_ref().map_or(rows, |ids| ids.len());
+        if let Some(ids) = &ids {
+            tensors.push(OwnedTensor { name: "ids".into(), dtype: Dtype::U32, shape: vec![ids.len()], bytes: bytemuck::cast_slice(ids).to_vec() });
+        }
+        tensors.push(OwnedTensor { name: "table".into(), dtype: Dtype::F32, shape: vec![stored, dim], bytes: gather(bytemuck::cast_slice(table.as_slice()), dim * 4, ids.as_deref()) });
+        for (array, data) in &arrays {
+            let (dtype, bytes): (Dtype, &[u8]) = match data {
+                StateData::F32(x) => (Dtype::F32, bytemuck::cast_slice(x)),
+                StateData::U32(x) => (Dtype::U32, bytemuck::cast_slice(x)),
+                StateData::F64(x) => (Dtype::F64, bytemuck::cast_slice(x)),
+                StateData::U64(x) => (Dtype::U64, bytemuck::cast_slice(x)),
+            };
+            if optimizer.per_row_state().contains(array) {
+                if data.len() % rows.max(1) != 0 {
+                    bail!("optimizer state {array:?} has {} values, not a multiple of the table's {rows} rows", data.len());
+                }
+                let width = data.len() / rows.max(1);
+                let row_size = bytes.len() / rows.max(1);
+                tensors.push(OwnedTensor { name: format!("state.{array}"), dtype, shape: vec![stored, width], bytes: gather(bytes, row_size, ids.as_deref()) });
+            } else {
+                tensors.push(OwnedTensor { name: format!("global.{array}"), dtype, shape: vec![data.len()], bytes: bytes.to_vec() });
+            }
+        }
+        let mut head_tensors = Vec::new();
+        for (i, l) in head.layers.iter().enumerate() {
+            head_tensors.push(OwnedTensor { name: format!("head.{i}.weight"), dtype: Dtype::F32, shape: vec![l.input, l.output], bytes: bytemuck::cast_slice(&l.weight).to_vec() });
+            head_tensors.push(OwnedTensor { name: format!("head.{i}.bias"), dtype: Dtype::F32, shape: vec![l.output], bytes: bytemuck::cast_slice(&l.bias).to_vec() });
+        }
+        let manifest = Manifest {
+            format_version: CHECKPOINT_FORMAT_VERSION,
+            sparseburn_version: env!("CARGO_PKG_VERSION").into(),
+            step: state.step,
+            kind,
+            parent,
+            depth,
+            table: self.recipe,
+            table_optimizer: optimizer.name().into(),
+            table_optimizer_config: self.optimizer_config.clone(),
+            rows_stored: stored as u64,
+            all_rows: ids.is_none(),
+            bytes: 0,
+            checksum: "blake3".into(),
+            files: BTreeMap::new(),
+        };
+        Ok(Snapshot { name, rows: tensors, head: head_tensors, head_record, trainer: state.clone(), manifest })
+    }
+}
+
+/// The rows `ids` of a row-major byte array (every row when `None`), copied in parallel.
+fn gather(bytes: &[u8], row_size: usize, ids: Option<&[u32]>) -> Vec<u8> {
+    let Some(ids) = ids else { return bytes.to_vec() };
+    let mut out = vec![0u8; ids.len() * row_size];
+    if row_size == 0 {
+        return out;
+    }
+    out.par_chunks_mut(row_size * 256).enumerate().for_each(|(c, chunk)| {
+        for (k, row) in chunk.chunks_mut(row_size).enumerate() {
+            let r = ids[c * 256 + k] as usize;
+            row.copy_from_slice(&bytes[r * row_size..(r + 1) * row_size]);
+        }
+    });
+    out
+}
+
+struct OwnedTensor {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+fn views(tensors: &[OwnedTensor]) -> Vec<TensorOut<'_>> {
+    tensors.iter().map(|t| TensorOut { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), bytes: &t.bytes }).collect()
+}
+
+/// Everything one checkpoint folder holds, owned, so it can be written while training goes on.
+struct Snapshot {
+    name: String,
+    rows: Vec<OwnedTensor>,
+    head: Vec<OwnedTensor>,
+    head_record: Vec<u8>,
+    trainer: TrainerState,
+    manifest: Manifest,
+}
+
+impl Snapshot {
+    /// Writes the folder durably, points `LATEST` at it, then prunes.
+    fn write(mut self, root: &Path, keep: usize) -> anyhow::Result<Written> {
+        let staging = root.join(format!(".tmp-{}-{}", self.name, std::process::id()));
+        if staging.exists() {
+            durable::remove_dir_all(&staging)?;
+        }
+        durable::create_dir(&staging)?;
+        let mut files = BTreeMap::new();
+        let mut bytes = 0u64;
+        let mut put = |file: &str, write: &dyn Fn(&mut dyn Write) -> std::io::Result<()>| -> anyhow::Result<()> {
+            let mut hash = String::new();
+            durable::write_file(&staging.join(file), |w| {
+                let mut h = HashingWriter::new(w);
+                write(&mut h)?;
+                h.flush()?;
+                hash = h.hex();
+                Ok(())
+            })?;
+            bytes += std::fs::metadata(staging.join(file)).map(|m| m.len()).unwrap_or(0);
+            files.insert(file.to_string(), hash);
+            Ok(())
+        };
+        let meta = HashMap::from([("format".to_string(), "sparseburn-checkpoint".to_string())]);
+        put(ROWS_FILE, &|w| write_safetensors_to(&mut WriteRef(w), &views(&self.rows), &meta))?;
+        put(HEAD_FILE, &|w| write_safetensors_to(&mut WriteRef(w), &views(&self.head), &HashMap::new()))?;
+        put(HEAD_OPTIM_FILE, &|w| w.write_all(&self.head_record))?;
+        let trainer = serde_json::to_vec_pretty(&self.trainer)?;
+        put(TRAINER_FILE, &|w| w.write_all(&trainer))?;
+        self.manifest.files = files;
+        self.manifest.bytes = bytes;
+        let manifest = serde_json::to_vec_pretty(&self.manifest)?;
+        durable::write_file(&staging.join(MANIFEST_FILE), |w| w.write_all(&manifest))?;
+        bytes += manifest.len() as u64;
+        durable::sync_dir(&staging)?;
+
+        let dest = root.join(&self.name);
+        if dest.exists() {
+            // An older folder of this step (e.g. one that failed to verify):
+            // swap in one step so the name never points at nothing, then drop the old one.
+            durable::exchange(&staging, &dest)?;
+            durable::remove_dir_all(&staging)?;
+        } else {
+            durable::rename(&staging, &dest)?;
+        }
+        durable::sync_dir(root)?;
+        durable::replace_file(&root.join(LATEST_FILE), self.name.as_bytes())?;
+        prune(root, &self.name, keep)?;
+        Ok(Written { kind: self.manifest.kind, bytes })
+    }
+}
+
+/// `&mut dyn Write` as a sized writer.
+struct WriteRef<'a>(&'a mut dyn Write);
+impl Write for WriteRef<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Removes checkpoints beyond the newest `keep`, except any that a kept one
+/// builds on (its chain) and the one `LATEST` names.
+fn prune(root: &Path, latest: &str, keep: usize) -> anyhow::Result<()> {
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .with_context(|| format!("cannot list {}", root.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    let mut needed = BTreeSet::new();
+    let mut keep_chain = |start: &str| {
+        let mut at = Some(start.to_string());
+        while let Some(name) = at {
+            if !needed.insert(name.clone()) {
+                break;
+            }
+            // A folder whose manifest cannot be read ends its chain.
+            at = Manifest::read(&root.join(&name)).ok().and_then(|m| m.parent);
+        }
+    };
+    keep_chain(latest);
+    names.iter().take(keep).for_each(|n| keep_chain(n));
+    for name in names.iter().filter(|n| !needed.contains(*n)) {
+        durable::remove_dir_all(&root.join(name))?;
+    }
+    Ok(())
+}
+
+/// Removes staging folders and temporary files a killed process left.
+fn remove_leftovers(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(".tmp") {
+            continue;
+        }
+        let path = e.path();
+        eprintln!("removing {}, left by an interrupted checkpoint", path.display());
+        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    }
+}
