@@ -46,6 +46,8 @@ fn fixture() -> &'static Fixture {
             "vocab.buckets=20000",
             "checkpoint.every=10",
             "checkpoint.keep=2",
+            // Two self-contained checkpoints (no delta chain) for the tests that export an older one.
+            "checkpoint.max_chain=0",
         ]
         .iter()
         .map(|s| s.to_string())
