@@ -345,6 +345,18 @@ impl<T: std::fmt::Debug> std::fmt::Debug for AlignedVec<T> {
     }
 }
 
+/// Whether large buffers ask for transparent huge pages (see [`set_huge_pages`]).
+static HUGE_PAGES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets whether buffers allocated from now on ask for transparent huge pages
+/// (on by default). Huge pages make random row access faster once the rows
+/// are in memory, but the first touch of any row maps and zeroes 2 MiB, so a
+/// table whose batches touch a small part of it pays for all of it. The
+/// trainer sets this from `memory.huge_pages` before it allocates.
+pub fn set_huge_pages(on: bool) {
+    HUGE_PAGES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Asks Linux to back `buf` with transparent huge pages (a hint: errors are
 /// ignored, and other systems do nothing). With THP in `madvise` mode, as on
 /// many distributions, buffers get huge pages only when asked.
@@ -359,7 +371,7 @@ fn advise_huge_pages<T>(buf: &mut [T]) {
         let start = buf.as_mut_ptr() as usize;
         let end = start + std::mem::size_of_val(buf);
         let (a, b) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
-        if b > a && b - a >= HUGE_PAGE_MIN_BYTES {
+        if b > a && b - a >= HUGE_PAGE_MIN_BYTES && HUGE_PAGES.load(std::sync::atomic::Ordering::Relaxed) {
             // SAFETY: [a, b) lies within `buf`, which we own mutably; MADV_HUGEPAGE
             // changes only how the kernel backs the pages, never their contents.
             unsafe { madvise(a as *mut std::ffi::c_void, b - a, MADV_HUGEPAGE) };

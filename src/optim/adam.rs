@@ -103,11 +103,11 @@ impl AdamState {
             config,
             dim,
             step: 0,
-            m: AlignedVec::zeroed_prefaulted(rows * dim),
-            v: AlignedVec::zeroed_prefaulted(rows * dim),
-            row_steps: AlignedVec::zeroed_prefaulted(if per_row { rows } else { 0 }),
+            m: AlignedVec::zeroed(rows * dim),
+            v: AlignedVec::zeroed(rows * dim),
+            row_steps: AlignedVec::zeroed(if per_row { rows } else { 0 }),
             log_decay: 0.0,
-            row_log_decay: AlignedVec::zeroed_prefaulted(if decays { rows } else { 0 }),
+            row_log_decay: AlignedVec::zeroed(if decays { rows } else { 0 }),
         }
     }
 

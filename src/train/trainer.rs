@@ -203,6 +203,7 @@ struct Run<B: AutodiffBackend> {
 
 fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::Device, dense: DenseDevice) -> anyhow::Result<RunOutcome> {
     let started = Instant::now();
+    crate::model::table::set_huge_pages(config.memory.huge_pages);
     let log = !config.logging.quiet;
     let (config, dir) = match &options.resume {
         Some(dir) => {
