@@ -23,11 +23,33 @@ const BLOCK_BYTES: usize = 16 << 20;
 /// Lines tokenized by one parallel task.
 const LINES_PER_TASK: usize = 2048;
 
+/// FNV-1a 64 as a `Hasher`: SipHash showed at 15% of preparation in a profile,
+/// and these maps hold the user's own tokens, so flooding is no concern.
+#[derive(Clone, Copy)]
+pub struct FnvHasher(u64);
+
+impl Default for FnvHasher {
+    fn default() -> Self {
+        FnvHasher(0xcbf29ce484222325)
+    }
+}
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = bytes.iter().fold(self.0, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FnvHasher>>;
+
 /// Every distinct token seen, numbered in order of first appearance.
 #[derive(Debug, Default)]
 pub struct Interner {
     words: Vec<String>,
-    index: HashMap<String, u32>,
+    index: FnvMap<String, u32>,
 }
 
 impl Interner {
@@ -100,21 +122,26 @@ struct Chunk {
 
 fn tokenize_lines(lines: &[&[u8]], format: DataFormat, tokenizer: &Tokenizer) -> Chunk {
     let mut chunk = Chunk { lines: lines.len() as u64, ..Default::default() };
-    let mut local: HashMap<String, u32> = HashMap::new();
-    let mut scratch = Vec::new();
+    let mut local: FnvMap<String, u32> = FnvMap::default();
+    let mut lower = String::new();
     for (i, line) in lines.iter().enumerate() {
         match parse_line_borrowed(line, format) {
             Ok(Some((label, text))) => {
-                tokenizer.tokenize_into(text, &mut scratch);
-                chunk.lengths.push(scratch.len());
-                for t in scratch.drain(..) {
-                    let next = local.len() as u32;
-                    let id = *local.entry(t).or_insert_with_key(|t| {
-                        chunk.words.push(t.clone());
-                        next
-                    });
+                let before = chunk.tokens.len();
+                tokenizer.for_each_token(text, &mut lower, |t| {
+                    // Look up by &str: a String is allocated once per distinct token.
+                    let id = match local.get(t) {
+                        Some(&id) => id,
+                        None => {
+                            let id = local.len() as u32;
+                            local.insert(t.to_string(), id);
+                            chunk.words.push(t.to_string());
+                            id
+                        }
+                    };
                     chunk.tokens.push(id);
-                }
+                });
+                chunk.lengths.push(chunk.tokens.len() - before);
                 chunk.labels.push(label.to_string());
             }
             Ok(None) => {}
