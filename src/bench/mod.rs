@@ -2,18 +2,22 @@
 //! with `--json`, written as JSON. These are measurements, not tests: they
 //! never fail on a slow machine. Results and commands live in BENCHMARKS.md.
 
+mod child;
 mod dump;
+mod e2e;
 mod optim;
 mod stats;
 mod train;
 mod triad;
 
+pub use child::{measure, ChildMeasurement, ProcIo};
 pub use dump::DumpArgs;
+pub use e2e::E2eArgs;
 pub use optim::OptimArgs;
 pub use train::TrainBenchArgs;
 pub use triad::{triad, TriadArgs, TriadResult};
 
-/// `sparseburn bench <optim|train|triad|dump-ids> [args...]`
+/// `sparseburn bench <optim|train|triad|dump-ids|e2e> [args...]`
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -34,6 +38,10 @@ pub enum BenchCommand {
     /// little-endian arrays, so another framework can train on identical inputs
     /// (see benches/torch_sparseadam.py).
     DumpIds(DumpArgs),
+    /// A whole `sparseburn train` as a user waits for it, run as a child process:
+    /// wall time, time to first step, loop and checkpoint time, bytes written,
+    /// peak RSS and accuracy.
+    E2e(E2eArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -42,6 +50,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Train(a) => train::run(a),
         BenchCommand::Triad(a) => triad::run(a),
         BenchCommand::DumpIds(a) => dump::run(a),
+        BenchCommand::E2e(a) => e2e::run(a),
     }
 }
 
@@ -56,8 +65,8 @@ fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let text = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, text + "\n")?;
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    crate::io::write_atomic(path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }
@@ -120,10 +129,16 @@ impl CpuSnapshot {
     /// (0 = the benchmark had the machine to itself, 1 = every core was busy
     /// with something else). Our own threads' time, spinning included, is excluded.
     pub fn others_since(&self) -> Option<f64> {
+        self.others_since_excluding(0.0)
+    }
+
+    /// Like [`others_since`](Self::others_since), also excluding `ticks` of CPU
+    /// time used by a child this process measured (its rusage, in clock ticks).
+    pub fn others_since_excluding(&self, ticks: f64) -> Option<f64> {
         let now = CpuSnapshot::now()?;
         let total = now.machine_total.saturating_sub(self.machine_total).max(1) as f64;
         let busy = now.machine_busy.saturating_sub(self.machine_busy) as f64;
-        let own = now.own.saturating_sub(self.own) as f64;
+        let own = now.own.saturating_sub(self.own) as f64 + ticks;
         Some(((busy - own) / total).clamp(0.0, 1.0))
     }
 }

@@ -1,9 +1,11 @@
 //! Data: a streaming reader, the tokenizer, the vocabulary with hashed n-gram
-//! buckets, encoded datasets and shuffled, prefetched batches.
+//! buckets, files read once into token ids, encoded datasets and shuffled,
+//! prefetched batches.
 
 pub mod batch;
 pub mod dataset;
 pub mod reader;
+pub mod tokenized;
 pub mod tokenizer;
 pub mod vocab;
 

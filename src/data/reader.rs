@@ -34,10 +34,15 @@ pub struct ReadStats {
     pub bad_samples: Vec<(u64, String)>,
 }
 
-const BAD_SAMPLES_KEPT: usize = 20;
+pub(crate) const BAD_SAMPLES_KEPT: usize = 20;
 
 /// Why a line is not an example, or `Ok(None)` for a blank line.
 fn parse_line(line: &[u8], format: DataFormat) -> Result<Option<Example>, &'static str> {
+    parse_line_borrowed(line, format).map(|ex| ex.map(|(label, text)| Example { label: label.to_string(), text: text.to_string() }))
+}
+
+/// [`parse_line`] without copying: the label and text as slices of `line`.
+pub(crate) fn parse_line_borrowed(line: &[u8], format: DataFormat) -> Result<Option<(&str, &str)>, &'static str> {
     let line = std::str::from_utf8(line).map_err(|_| "invalid UTF-8")?;
     let line = line.trim_end_matches(['\n', '\r']);
     if line.trim().is_empty() {
@@ -62,7 +67,7 @@ fn parse_line(line: &[u8], format: DataFormat) -> Result<Option<Example>, &'stat
     if text.is_empty() {
         return Err("empty text");
     }
-    Ok(Some(Example { label: label.to_string(), text: text.to_string() }))
+    Ok(Some((label, text)))
 }
 
 /// Calls `each` for every good example of `path`, in file order, one line in memory at a time.

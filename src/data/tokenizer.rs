@@ -41,6 +41,29 @@ impl Tokenizer {
         }
     }
 
+    /// Calls `each` with the tokens [`tokenize_into`](Self::tokenize_into) would
+    /// collect, in order, allocating only for tokens that need lowercasing
+    /// beyond ASCII. `lower` is scratch space.
+    pub fn for_each_token(&self, text: &str, lower: &mut String, mut each: impl FnMut(&str)) {
+        let cap = if self.config.max_tokens == 0 { usize::MAX } else { self.config.max_tokens };
+        for (n, token) in text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).enumerate() {
+            if n == cap {
+                break;
+            }
+            if !self.config.lowercase || (token.is_ascii() && !token.bytes().any(|b| b.is_ascii_uppercase())) {
+                each(token);
+            } else if token.is_ascii() {
+                lower.clear();
+                lower.push_str(token);
+                lower.make_ascii_lowercase();
+                each(lower);
+            } else {
+                // str::to_lowercase is context-dependent (final sigma): use it as is.
+                each(&token.to_lowercase());
+            }
+        }
+    }
+
     pub fn tokenize(&self, text: &str) -> Vec<String> {
         let mut out = Vec::new();
         self.tokenize_into(text, &mut out);
@@ -58,5 +81,22 @@ mod tests {
         assert_eq!(t.tokenize("Hello, World! It's 2024—ok"), ["hello", "world", "it", "s", "2024", "ok"]);
         let capped = Tokenizer::new(TokenizerConfig { lowercase: false, max_tokens: 2 });
         assert_eq!(capped.tokenize("A b c"), ["A", "b"]);
+    }
+
+    #[test]
+    fn for_each_token_gives_what_tokenize_collects() {
+        let texts = ["Hello, World! It's 2024—ok", "ΟΔΟΣ ΣΑΣ, İstanbul straße ǅemal", "a", "", "x1 Y2 z3 W4"];
+        for config in [TokenizerConfig::default(), TokenizerConfig { lowercase: false, max_tokens: 0 }, TokenizerConfig { lowercase: true, max_tokens: 3 }] {
+            let t = Tokenizer::new(config);
+            for text in texts {
+                let mut seen = Vec::new();
+                t.for_each_token(text, &mut String::new(), |w| seen.push(w.to_string()));
+                assert_eq!(seen, t.tokenize(text), "{text:?} {:?}", t.config);
+            }
+        }
+        // Final sigma is lowercased in context, as str::to_lowercase does.
+        let mut seen = Vec::new();
+        Tokenizer::new(TokenizerConfig::default()).for_each_token("ΟΔΟΣ", &mut String::new(), |w| seen.push(w.to_string()));
+        assert_eq!(seen, ["οδος"]);
     }
 }

@@ -137,6 +137,11 @@ impl Featurizer {
         self.vocab.len() + self.buckets as usize
     }
 
+    /// Whether OOV words and n-grams get hash buckets (else they are dropped).
+    pub fn has_buckets(&self) -> bool {
+        self.buckets > 0
+    }
+
     fn bucket(&self, hash: u64) -> u32 {
         (self.vocab.len() as u64 + hash % self.buckets) as u32
     }
@@ -145,8 +150,15 @@ impl Featurizer {
     pub fn features_into(&self, text: &str, tokens: &mut Vec<String>, ids: &mut Vec<u32>) {
         self.tokenizer.tokenize_into(text, tokens);
         let hashes: Vec<u64> = if self.buckets > 0 { tokens.iter().map(|t| fnv1a64(t.as_bytes())).collect() } else { Vec::new() };
-        for (i, token) in tokens.iter().enumerate() {
-            match self.vocab.get(token) {
+        self.push_ids(tokens.iter().map(|t| self.vocab.get(t)), &hashes, ids);
+    }
+
+    /// Appends the row ids of tokens already looked up: `words` gives each
+    /// token's vocabulary id, `hashes` its [`fnv1a64`] (may be empty when there
+    /// are no buckets). [`features_into`](Self::features_into) is this after tokenizing.
+    pub fn push_ids(&self, words: impl Iterator<Item = Option<u32>>, hashes: &[u64], ids: &mut Vec<u32>) {
+        for (i, word) in words.enumerate() {
+            match word {
                 Some(id) => ids.push(id),
                 None if self.buckets > 0 => ids.push(self.bucket(hashes[i])),
                 None => {}

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod eval;
+pub mod fingerprint;
 pub mod prepare;
 pub mod run_dir;
 mod schedule;
