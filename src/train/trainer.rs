@@ -321,21 +321,30 @@ impl<B: AutodiffBackend> Run<B> {
         }
         let c = &self.config;
         let t = &c.optimizer.table;
-        let hparams: Vec<(String, HParamValue)> = vec![
+        // The table optimizer's own keys, spelled as in the config (`per_row`).
+        let table_hparams = t.hparams().into_iter().map(|(key, value)| {
+            let value = match value {
+                crate::optim::HParam::Num(x) => HParamValue::Num(x),
+                crate::optim::HParam::Str(s) => HParamValue::Str(s.into()),
+            };
+            (key.to_string(), value)
+        });
+        let hparams: Vec<(String, HParamValue)> = [
             ("arm".into(), HParamValue::Str(c.experiment.arm.clone())),
-            ("optimizer".into(), HParamValue::Str(t.kind.name().into())),
-            ("lr".into(), HParamValue::Num(t.lr)),
+            ("optimizer".into(), HParamValue::Str(t.name().into())),
+        ]
+        .into_iter()
+        .chain(table_hparams)
+        .chain([
             ("head_lr".into(), HParamValue::Num(c.optimizer.head.lr)),
-            ("bias_correction".into(), HParamValue::Str(format!("{:?}", t.bias_correction).to_lowercase())),
-            ("weight_decay".into(), HParamValue::Num(t.weight_decay)),
-            ("epsilon".into(), HParamValue::Num(t.epsilon)),
             ("dim".into(), HParamValue::Num(c.model.dim as f64)),
             ("buckets".into(), HParamValue::Num(c.vocab.buckets as f64)),
             ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
             ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
             ("batch_size".into(), HParamValue::Num(c.train.batch_size as f64)),
             ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
-        ];
+        ])
+        .collect();
         let config_text = format!("```toml\n{}\n```", c.to_toml());
         if let Some(s) = &mut self.summary {
             s.graph(&spec);
@@ -459,7 +468,7 @@ impl<B: AutodiffBackend> Run<B> {
         bag_backward(bags, pooling, &d_pooled, grad);
         lap(&mut self.timings.bag_backward_ms);
 
-        let table_lr = (self.config.optimizer.table.lr * lr) as f32;
+        let table_lr = (self.config.optimizer.table.lr() * lr) as f32;
         self.table_optimizer.step(&mut self.table, grad, table_lr);
         lap(&mut self.timings.table_optimizer_ms);
 
@@ -478,7 +487,7 @@ impl<B: AutodiffBackend> Run<B> {
         if !step.is_multiple_of(every) {
             return Ok(());
         }
-        let lr_table = self.config.optimizer.table.lr * lr;
+        let lr_table = self.config.optimizer.table.lr() * lr;
         let lr_head = self.config.optimizer.head.lr * lr;
         let unique_ratio = grad.len() as f64 / batch.ids.len().max(1) as f64;
         self.metrics.write(&serde_json::json!({
