@@ -33,6 +33,7 @@ registry::table_optimizers! {
     sgd: Sgd(SgdConfig),
     rowwise_adagrad: RowwiseAdagrad(RowwiseAdagradConfig),
     partial_rowwise_adam: PartialRowwiseAdam(PartialRowwiseAdamConfig),
+    #[cfg(test)] toy_sign_sgd: ToySignSgd(ToySignSgdConfig),
 }
 
 /// One optimizer over an embedding table.
