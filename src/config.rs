@@ -264,7 +264,7 @@ impl Config {
         })?;
         let mut config = config;
         if let Some(lr) = config.optimizer.lr.take() {
-            config.optimizer.table.lr = lr;
+            config.optimizer.table.set_lr(lr);
             config.optimizer.head.lr = lr;
         }
         config.validate(source)?;
@@ -312,12 +312,8 @@ impl Config {
         if !(self.checkpoint.compact_ratio >= 0.0 && self.checkpoint.compact_ratio.is_finite()) {
             bail!(at(source, "checkpoint.compact_ratio", format!("must be a number >= 0, got {}", self.checkpoint.compact_ratio)));
         }
-        let t = &self.optimizer.table;
-        positive("optimizer.table.lr", t.lr)?;
-        positive("optimizer.table.epsilon", t.epsilon)?;
-        unit("optimizer.table.beta1", t.beta1)?;
-        unit("optimizer.table.beta2", t.beta2)?;
-        unit("optimizer.table.weight_decay", t.weight_decay * t.lr)?;
+        // Each table optimizer checks its own keys.
+        self.optimizer.table.validate().map_err(|e| at(source, &format!("optimizer.table.{}", e.key), e.message))?;
         let h = &self.optimizer.head;
         positive("optimizer.head.lr", h.lr)?;
         positive("optimizer.head.epsilon", h.epsilon)?;

@@ -453,9 +453,9 @@ fn overrides_layer_onto_the_base_and_each_run_gets_its_arm_and_seed() {
         }
     }
     // --set applies to the base; the arm's own set wins over it.
-    assert_eq!(plan.arms[0].configs[0].optimizer.table.lr, 0.2);
-    assert_eq!(plan.arms[1].configs[0].optimizer.table.lr, 0.01);
-    assert_eq!(plan.arms[1].configs[0].optimizer.table.kind.name(), "dense_adam");
+    assert_eq!(plan.arms[0].configs[0].optimizer.table.lr(), 0.2);
+    assert_eq!(plan.arms[1].configs[0].optimizer.table.lr(), 0.01);
+    assert_eq!(plan.arms[1].configs[0].optimizer.table.name(), "dense_adam");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Table optimizers against a hand-written f64 reference of the documented update
-//! (TF LazyAdam / torch SparseAdam form), step by step.
+//! Table optimizers against hand-written f64 references of the documented
+//! updates (TF LazyAdam / torch SparseAdam form; FBGEMM's row-wise Adagrad and
+//! partial row-wise Adam), step by step.
 
 #![allow(clippy::needless_range_loop, clippy::type_complexity)] // reference formulas index like the maths they restate
 
@@ -7,7 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use sparseburn::model::{EmbeddingTable, SparseGrad};
 use sparseburn::optim::{
-    AdamConfig, BiasCorrection, StateData, StateError, StateSource, TableOptimizer, TableOptimizerConfig, TableOptimizerKind,
+    AdamConfig, BiasCorrection, DenseAdamConfig, LazyAdamConfig, PartialRowwiseAdamConfig, RowwiseAdagradConfig, StateData, StateError,
+    StateSource, TableOptimizer, TableOptimizerConfig,
 };
 
 const DIM: usize = 3;
@@ -79,8 +81,8 @@ fn init_table(rows: usize) -> EmbeddingTable {
     EmbeddingTable::from_vec(rows, DIM, data)
 }
 
-fn assert_close(table: &EmbeddingTable, reference: &Reference, what: &str) {
-    for (r, row) in reference.w.iter().enumerate() {
+fn assert_close(table: &EmbeddingTable, reference: &[Vec<f64>], what: &str) {
+    for (r, row) in reference.iter().enumerate() {
         for j in 0..DIM {
             let (got, want) = (table.row(r)[j] as f64, row[j]);
             assert!((got - want).abs() <= 1e-6 + 1e-5 * want.abs(), "{what}: row {r} col {j}: got {got}, reference {want}");
@@ -101,24 +103,26 @@ fn schedule() -> Vec<(Vec<(u32, [f64; DIM])>, f64)> {
     ]
 }
 
-fn run_against_reference(kind: TableOptimizerKind, adam: AdamConfig) {
+/// A table optimizer config of an Adam kind with these hyper-parameters.
+fn adam_kind(kind: &str, adam: AdamConfig) -> TableOptimizerConfig {
+    let AdamConfig { beta1, beta2, epsilon, weight_decay, bias_correction } = adam;
+    match kind {
+        "lazy_adam" => TableOptimizerConfig::LazyAdam(LazyAdamConfig { lr: 0.01, beta1, beta2, epsilon, weight_decay, bias_correction }),
+        "dense_adam" => TableOptimizerConfig::DenseAdam(DenseAdamConfig { lr: 0.01, beta1, beta2, epsilon, weight_decay, bias_correction }),
+        other => panic!("not an Adam kind: {other}"),
+    }
+}
+
+fn run_against_reference(kind: &str, adam: AdamConfig) {
     let rows = 5;
-    let config = TableOptimizerConfig {
-        kind,
-        lr: 0.01,
-        beta1: adam.beta1,
-        beta2: adam.beta2,
-        epsilon: adam.epsilon,
-        weight_decay: adam.weight_decay,
-        bias_correction: adam.bias_correction,
-    };
+    let config = adam_kind(kind, adam);
     let mut table = init_table(rows);
     let mut opt = config.init(rows, DIM);
-    let mut reference = Reference::new(kind == TableOptimizerKind::LazyAdam, adam, table.as_slice());
+    let mut reference = Reference::new(kind == "lazy_adam", adam, table.as_slice());
     for (i, (grads, lr)) in schedule().into_iter().enumerate() {
         opt.step(&mut table, &sparse(&grads), lr as f32);
         reference.step(&grads, lr);
-        assert_close(&table, &reference, &format!("{} {adam:?} after step {}", kind.name(), i + 1));
+        assert_close(&table, &reference.w, &format!("{kind} {adam:?} after step {}", i + 1));
     }
     assert_eq!(opt.steps(), schedule().len() as u64);
 }
@@ -129,25 +133,25 @@ fn adam(bias_correction: BiasCorrection, weight_decay: f64) -> AdamConfig {
 
 #[test]
 fn lazy_adam_matches_reference() {
-    run_against_reference(TableOptimizerKind::LazyAdam, adam(BiasCorrection::Global, 0.0));
+    run_against_reference("lazy_adam", adam(BiasCorrection::Global, 0.0));
 }
 
 #[test]
 fn lazy_adam_per_row_bias_correction_matches_reference() {
-    run_against_reference(TableOptimizerKind::LazyAdam, adam(BiasCorrection::PerRow, 0.0));
+    run_against_reference("lazy_adam", adam(BiasCorrection::PerRow, 0.0));
 }
 
 #[test]
 fn lazy_adam_catch_up_weight_decay_matches_reference_under_a_schedule() {
-    run_against_reference(TableOptimizerKind::LazyAdam, adam(BiasCorrection::Global, 0.5));
-    run_against_reference(TableOptimizerKind::LazyAdam, adam(BiasCorrection::PerRow, 0.5));
+    run_against_reference("lazy_adam", adam(BiasCorrection::Global, 0.5));
+    run_against_reference("lazy_adam", adam(BiasCorrection::PerRow, 0.5));
 }
 
 #[test]
 fn dense_adam_matches_reference() {
-    run_against_reference(TableOptimizerKind::DenseAdam, adam(BiasCorrection::Global, 0.0));
-    run_against_reference(TableOptimizerKind::DenseAdam, adam(BiasCorrection::Global, 0.5));
-    run_against_reference(TableOptimizerKind::DenseAdam, adam(BiasCorrection::None, 0.0));
+    run_against_reference("dense_adam", adam(BiasCorrection::Global, 0.0));
+    run_against_reference("dense_adam", adam(BiasCorrection::Global, 0.5));
+    run_against_reference("dense_adam", adam(BiasCorrection::None, 0.0));
 }
 
 #[test]
@@ -235,8 +239,14 @@ impl StateSource for Saved {
 
 #[test]
 fn optimizer_state_round_trips_exactly() {
-    for kind in [TableOptimizerKind::LazyAdam, TableOptimizerKind::DenseAdam, TableOptimizerKind::Sgd] {
-        let config = TableOptimizerConfig { kind, weight_decay: 0.1, bias_correction: BiasCorrection::PerRow, ..Default::default() };
+    for kind in TableOptimizerConfig::kinds() {
+        // Every registered kind, with its optional per-row arrays switched on where it has them.
+        let mut config = TableOptimizerConfig::named(kind).unwrap();
+        for (key, value) in [("weight_decay", toml::Value::from(0.1)), ("bias_correction", toml::Value::from("per_row"))] {
+            if config.has_key(key) {
+                config.set(key, value).unwrap();
+            }
+        }
         let steps = schedule();
         let mut table = init_table(5);
         let mut opt = config.init(5, DIM);
@@ -251,13 +261,13 @@ fn optimizer_state_round_trips_exactly() {
             opt.step(&mut table, &sparse(g), *lr as f32);
             restored.step(&mut table2, &sparse(g), *lr as f32);
         }
-        assert_eq!(table, table2, "{}", kind.name());
+        assert_eq!(table, table2, "{kind}");
         assert_eq!(opt.steps(), restored.steps());
         // A wrong-sized state is refused with a message naming the array.
         let mut other = config.init(6, DIM);
         let err = other.load_state(&saved);
-        if kind != TableOptimizerKind::Sgd {
-            assert!(matches!(err, Err(StateError::WrongLength { .. })), "{}: {err:?}", kind.name());
+        if !opt.per_row_state().is_empty() {
+            assert!(matches!(err, Err(StateError::WrongLength { .. })), "{kind}: {err:?}");
         }
     }
 }
@@ -266,7 +276,7 @@ fn optimizer_state_round_trips_exactly() {
 fn sgd_updates_only_present_rows() {
     let mut table = init_table(4);
     let before = table.clone();
-    let mut opt = TableOptimizerConfig { kind: TableOptimizerKind::Sgd, ..Default::default() }.init(4, DIM);
+    let mut opt = TableOptimizerConfig::named("sgd").unwrap().init(4, DIM);
     opt.step(&mut table, &sparse(&[(2, [1.0, -2.0, 0.5]), (2, [1.0, 0.0, 0.0])]), 0.1);
     for r in [0, 1, 3] {
         assert_eq!(table.row(r), before.row(r));
@@ -274,5 +284,221 @@ fn sgd_updates_only_present_rows() {
     let want = [before.row(2)[0] as f64 - 0.2, before.row(2)[1] as f64 + 0.2, before.row(2)[2] as f64 - 0.05];
     for j in 0..DIM {
         assert!((table.row(2)[j] as f64 - want[j]).abs() < 1e-6);
+    }
+}
+
+/// Sums duplicated `(row, gradient)` pairs per row, in row order.
+fn summed(grads: &[(u32, [f64; DIM])]) -> BTreeMap<usize, [f64; DIM]> {
+    let mut summed: BTreeMap<usize, [f64; DIM]> = BTreeMap::new();
+    for (r, g) in grads {
+        let e = summed.entry(*r as usize).or_insert([0.0; DIM]);
+        (0..DIM).for_each(|j| e[j] += g[j]);
+    }
+    summed
+}
+
+/// Lazily caught-up decoupled decay in f64: the product of `1 − lr·wd` over
+/// the steps since each row's last catch-up.
+struct RefDecay {
+    wd: f64,
+    lrs: Vec<f64>,
+    last: Vec<usize>,
+}
+
+impl RefDecay {
+    fn new(wd: f64, rows: usize) -> Self {
+        RefDecay { wd, lrs: vec![], last: vec![0; rows] }
+    }
+    fn catch_up(&mut self, r: usize) -> f64 {
+        let f = self.lrs[self.last[r]..].iter().map(|l| 1.0 - l * self.wd).product();
+        self.last[r] = self.lrs.len();
+        f
+    }
+}
+
+/// FBGEMM's row-wise Adagrad, from its formula: `G_r += mean_d(g²)`,
+/// `w ← w·decay − lr·g/(√G_r + ε)`, rows in the batch only.
+struct AdagradRef {
+    eps: f64,
+    w: Vec<Vec<f64>>,
+    sum_sq: Vec<f64>,
+    decay: RefDecay,
+}
+
+impl AdagradRef {
+    fn new(c: &RowwiseAdagradConfig, init: &[f32]) -> Self {
+        let w: Vec<Vec<f64>> = init.chunks(DIM).map(|r| r.iter().map(|&x| x as f64).collect()).collect();
+        let n = w.len();
+        AdagradRef { eps: c.epsilon, sum_sq: vec![0.0; n], decay: RefDecay::new(c.weight_decay, n), w }
+    }
+    fn step(&mut self, grads: &[(u32, [f64; DIM])], lr: f64) {
+        self.decay.lrs.push(lr);
+        for (r, g) in summed(grads) {
+            self.sum_sq[r] += g.iter().map(|g| g * g).sum::<f64>() / DIM as f64;
+            let rate = lr / (self.sum_sq[r].sqrt() + self.eps);
+            let decay = self.decay.catch_up(r);
+            for j in 0..DIM {
+                self.w[r][j] = self.w[r][j] * decay - rate * g[j];
+            }
+        }
+    }
+}
+
+/// FBGEMM's partial row-wise Adam, from its formula: m per element, v per row
+/// from `mean_d(g²)`, `w ← w·decay − lr·(m/(1−β1^t)) / (√(v/(1−β2^t)) + ε)`.
+struct PartialAdamRef {
+    c: PartialRowwiseAdamConfig,
+    w: Vec<Vec<f64>>,
+    m: Vec<Vec<f64>>,
+    v: Vec<f64>,
+    t: u64,
+    row_t: Vec<u64>,
+    decay: RefDecay,
+}
+
+impl PartialAdamRef {
+    fn new(c: &PartialRowwiseAdamConfig, init: &[f32]) -> Self {
+        let w: Vec<Vec<f64>> = init.chunks(DIM).map(|r| r.iter().map(|&x| x as f64).collect()).collect();
+        let n = w.len();
+        PartialAdamRef { c: c.clone(), m: vec![vec![0.0; DIM]; n], v: vec![0.0; n], t: 0, row_t: vec![0; n], decay: RefDecay::new(c.weight_decay, n), w }
+    }
+    fn step(&mut self, grads: &[(u32, [f64; DIM])], lr: f64) {
+        self.t += 1;
+        self.decay.lrs.push(lr);
+        let (b1, b2) = (self.c.beta1, self.c.beta2);
+        for (r, g) in summed(grads) {
+            self.row_t[r] += 1;
+            let (c1, c2) = match self.c.bias_correction {
+                BiasCorrection::Global => (1.0 - b1.powi(self.t as i32), 1.0 - b2.powi(self.t as i32)),
+                BiasCorrection::PerRow => (1.0 - b1.powi(self.row_t[r] as i32), 1.0 - b2.powi(self.row_t[r] as i32)),
+                BiasCorrection::None => (1.0, 1.0),
+            };
+            self.v[r] = b2 * self.v[r] + (1.0 - b2) * g.iter().map(|g| g * g).sum::<f64>() / DIM as f64;
+            let decay = self.decay.catch_up(r);
+            for j in 0..DIM {
+                self.m[r][j] = b1 * self.m[r][j] + (1.0 - b1) * g[j];
+                self.w[r][j] = self.w[r][j] * decay - lr * (self.m[r][j] / c1) / ((self.v[r] / c2).sqrt() + self.c.epsilon);
+            }
+        }
+    }
+}
+
+#[test]
+fn rowwise_adagrad_matches_reference() {
+    for weight_decay in [0.0, 0.5] {
+        let c = RowwiseAdagradConfig { weight_decay, ..Default::default() };
+        let mut table = init_table(5);
+        let mut opt = TableOptimizerConfig::RowwiseAdagrad(c.clone()).init(5, DIM);
+        let mut reference = AdagradRef::new(&c, table.as_slice());
+        for (i, (grads, lr)) in schedule().into_iter().enumerate() {
+            opt.step(&mut table, &sparse(&grads), lr as f32);
+            reference.step(&grads, lr);
+            assert_close(&table, &reference.w, &format!("rowwise_adagrad wd {weight_decay} after step {}", i + 1));
+        }
+        // One f32 per row: the accumulator, holding the reference's G_r.
+        let state = opt.state();
+        let Some((_, StateData::F32(sum_sq))) = state.iter().find(|(n, _)| *n == "sum_sq") else { panic!("no sum_sq") };
+        for (r, g) in reference.sum_sq.iter().enumerate() {
+            assert!((sum_sq[r] as f64 - g).abs() <= 1e-6 * g.max(1.0), "row {r}: G {} vs {g}", sum_sq[r]);
+        }
+    }
+}
+
+#[test]
+fn partial_rowwise_adam_matches_reference_with_global_and_per_row_bias_correction() {
+    let mut finals = Vec::new();
+    for (bias_correction, weight_decay) in [(BiasCorrection::Global, 0.0), (BiasCorrection::PerRow, 0.0), (BiasCorrection::None, 0.0), (BiasCorrection::PerRow, 0.5)] {
+        let c = PartialRowwiseAdamConfig { lr: 0.01, bias_correction, weight_decay, ..Default::default() };
+        let mut table = init_table(5);
+        let mut opt = TableOptimizerConfig::PartialRowwiseAdam(c.clone()).init(5, DIM);
+        let mut reference = PartialAdamRef::new(&c, table.as_slice());
+        for (i, (grads, lr)) in schedule().into_iter().enumerate() {
+            opt.step(&mut table, &sparse(&grads), lr as f32);
+            reference.step(&grads, lr);
+            assert_close(&table, &reference.w, &format!("partial_rowwise_adam {bias_correction:?} wd {weight_decay} after step {}", i + 1));
+        }
+        finals.push(table);
+    }
+    // Rows first seen after step 1 take larger steps under per-row correction:
+    // the two settings really differ (row 0 appears first at step 2).
+    assert_ne!(finals[0].row(0), finals[1].row(0));
+    // Row 1 is present at step 1 under both: same t, same result.
+    let row1 = |t: &EmbeddingTable| t.row(1).to_vec();
+    let after_first = |bias_correction| {
+        let mut table = init_table(5);
+        let c = PartialRowwiseAdamConfig { lr: 0.01, bias_correction, ..Default::default() };
+        TableOptimizerConfig::PartialRowwiseAdam(c).init(5, DIM).step(&mut table, &sparse(&schedule()[0].0), 0.01);
+        table
+    };
+    assert_eq!(row1(&after_first(BiasCorrection::Global)), row1(&after_first(BiasCorrection::PerRow)));
+}
+
+/// Issue 14 item 2: with lazy weight decay, rows absent at the end have not
+/// received their last factors; `apply_pending_decay` gives them, so the table
+/// holds what a dense optimizer would (rows 5 and 6 are never in a batch).
+#[test]
+fn pending_decay_brings_absent_rows_to_the_dense_weights() {
+    let rows = 7;
+    let wd = 0.5;
+    let lazy_adam = adam_kind("lazy_adam", adam(BiasCorrection::Global, wd));
+    let adagrad = RowwiseAdagradConfig { weight_decay: wd, ..Default::default() };
+    let partial = PartialRowwiseAdamConfig { lr: 0.01, weight_decay: wd, ..Default::default() };
+    for config in [lazy_adam.clone(), TableOptimizerConfig::RowwiseAdagrad(adagrad.clone()), TableOptimizerConfig::PartialRowwiseAdam(partial.clone())] {
+        let kind = config.name();
+        let mut table = init_table(rows);
+        let mut opt = config.init(rows, DIM);
+        // The f64 reference of each kind, then every row's decay caught up to the last step.
+        let (mut w, mut decay): (Vec<Vec<f64>>, RefDecay) = match &config {
+            TableOptimizerConfig::LazyAdam(_) => {
+                let mut r = Reference::new(true, adam(BiasCorrection::Global, wd), table.as_slice());
+                schedule().iter().for_each(|(g, lr)| r.step(g, *lr));
+                let decay = RefDecay { wd, lrs: r.lrs.clone(), last: r.last_decayed.clone() };
+                (r.w, decay)
+            }
+            TableOptimizerConfig::RowwiseAdagrad(c) => {
+                let mut r = AdagradRef::new(c, table.as_slice());
+                schedule().iter().for_each(|(g, lr)| r.step(g, *lr));
+                (r.w, r.decay)
+            }
+            TableOptimizerConfig::PartialRowwiseAdam(c) => {
+                let mut r = PartialAdamRef::new(c, table.as_slice());
+                schedule().iter().for_each(|(g, lr)| r.step(g, *lr));
+                (r.w, r.decay)
+            }
+            _ => unreachable!(),
+        };
+        for (r, row) in w.iter_mut().enumerate() {
+            let f = decay.catch_up(r);
+            row.iter_mut().for_each(|x| *x *= f);
+        }
+        for (grads, lr) in schedule() {
+            opt.step(&mut table, &sparse(&grads), lr as f32);
+        }
+        let before = table.clone();
+        opt.apply_pending_decay(&mut table);
+        assert_close(&table, &w, &format!("{kind} after apply_pending_decay"));
+        // Row 3 is in the last step: nothing was pending, so it is unchanged bit for bit.
+        assert_eq!(table.row(3), before.row(3), "{kind}");
+        assert_ne!(table.row(5), before.row(5), "{kind}: an absent row must decay");
+        // A second call has nothing left to apply.
+        let once = table.clone();
+        opt.apply_pending_decay(&mut table);
+        assert_eq!(table, once, "{kind}");
+    }
+    // Never-touched rows have zero moments, so dense Adam moves them by decay
+    // alone: lazy_adam + apply_pending_decay gives the same rows.
+    let (mut lazy_t, mut dense_t) = (init_table(rows), init_table(rows));
+    let mut lazy = lazy_adam.init(rows, DIM);
+    let mut dense = adam_kind("dense_adam", adam(BiasCorrection::Global, wd)).init(rows, DIM);
+    for (grads, lr) in schedule() {
+        lazy.step(&mut lazy_t, &sparse(&grads), lr as f32);
+        dense.step(&mut dense_t, &sparse(&grads), lr as f32);
+    }
+    lazy.apply_pending_decay(&mut lazy_t);
+    for r in [5, 6] {
+        for j in 0..DIM {
+            let (a, b) = (lazy_t.row(r)[j], dense_t.row(r)[j]);
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "row {r} col {j}: lazy {a}, dense {b}");
+        }
     }
 }

@@ -83,3 +83,25 @@ fn eval_every_replaces_the_per_epoch_evaluation_without_duplicates() {
     // 15 steps an epoch: every 10 steps, and once at the end (not at step 15).
     assert_eq!(evals, vec![10, 20, 30]);
 }
+
+#[test]
+fn resuming_on_changed_data_is_refused_naming_the_file_and_changing_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("data.tsv"), tmp.path().join("run"));
+    let original = std::fs::read_to_string("examples/data/sotu_era_600.tsv").unwrap();
+    std::fs::write(&data, &original).unwrap();
+    let set = format!("data.train={:?}", data.display().to_string());
+    let r = run.display().to_string();
+    let out = sparseburn(&["train", "configs/quickstart.toml", "--run-dir", &r, "--set", "logging.quiet=true", "--set", "vocab.buckets=20000", "--set", "train.epochs=2", "--set", &set, "--set", "train.max_steps=20"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vocab = std::fs::read(run.join("vocab.txt")).unwrap();
+    // One label's lines removed: labels would shift onto other outputs.
+    let first_label = original.lines().next().unwrap().split('\t').next().unwrap().to_string();
+    let kept: String = original.lines().filter(|l| !l.starts_with(&format!("{first_label}\t"))).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&data, kept).unwrap();
+    let out = sparseburn(&["train", "--resume", &r, "--set", "train.max_steps=30"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "resuming on changed data must fail");
+    assert!(stderr.contains(&data.display().to_string()) && stderr.contains("refusing to resume"), "{stderr}");
+    assert_eq!(std::fs::read(run.join("vocab.txt")).unwrap(), vocab, "run files must not change before the check");
+}

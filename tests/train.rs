@@ -34,11 +34,11 @@ fn config_round_trips_through_toml() {
 #[test]
 fn overrides_are_typed_and_validated_like_the_file() {
     let c = quickstart(&["optimizer.table.lr=0.25", "model.hidden=[16, 8]", "optimizer.table.kind=dense_adam"]);
-    assert_eq!(c.optimizer.table.lr, 0.25);
+    assert_eq!(c.optimizer.table.lr(), 0.25);
     assert_eq!(c.model.hidden, vec![16, 8]);
-    assert_eq!(c.optimizer.table.kind.name(), "dense_adam");
+    assert_eq!(c.optimizer.table.name(), "dense_adam");
     let both = quickstart(&["optimizer.lr=0.003"]);
-    assert_eq!((both.optimizer.table.lr, both.optimizer.head.lr), (0.003, 0.003));
+    assert_eq!((both.optimizer.table.lr(), both.optimizer.head.lr), (0.003, 0.003));
     let e = config_error(MINIMAL, &["train.batch_size=lots"]);
     assert!(e.contains("train.batch_size"), "{e}");
 }

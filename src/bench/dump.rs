@@ -51,6 +51,8 @@ pub fn run(args: DumpArgs) -> anyhow::Result<()> {
     write_set(&args.out, "train", &data.train)?;
     write_set(&args.out, "test", &data.test)?;
     let t = &config.optimizer.table;
+    // The kind's own keys (null where the kind has none, e.g. sgd's beta1).
+    let table_key = |key: &str| serde_json::to_value(t).ok().and_then(|v| v.get(key).cloned()).unwrap_or(serde_json::Value::Null);
     let h = &config.optimizer.head;
     let meta = serde_json::json!({
         "config": args.config,
@@ -66,8 +68,8 @@ pub fn run(args: DumpArgs) -> anyhow::Result<()> {
         "batch_size": config.train.batch_size,
         "epochs": config.train.epochs,
         "seed": config.experiment.seed,
-        "table_optimizer": t.kind.name(),
-        "table_lr": t.lr, "table_beta1": t.beta1, "table_beta2": t.beta2, "table_epsilon": t.epsilon,
+        "table_optimizer": t.name(),
+        "table_lr": t.lr(), "table_beta1": table_key("beta1"), "table_beta2": table_key("beta2"), "table_epsilon": table_key("epsilon"),
         "head_lr": h.lr, "head_beta1": h.beta1, "head_beta2": h.beta2, "head_epsilon": h.epsilon,
         "top_k": config.train.top_k,
     });

@@ -1,5 +1,5 @@
-//! `sparseburn bench optim`: one table-optimizer step (lazy_adam, dense_adam,
-//! sgd) and the fused bag forward/backward on synthetic batches of Zipf ids,
+//! `sparseburn bench optim`: one table-optimizer step (any registered kind:
+//! lazy_adam, dense_adam, sgd, rowwise_adagrad, …) and the fused bag forward/backward on synthetic batches of Zipf ids,
 //! for several table sizes, beside a STREAM triad measured in the same run.
 //!
 //! Each timed step is what training does: pool the batch from the table, turn
@@ -24,7 +24,7 @@ use super::stats::Summary;
 use super::triad::{triad, TriadResult};
 use super::MachineInfo;
 use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableInit};
-use crate::optim::{BiasCorrection, TableOptimizer, TableOptimizerConfig, TableOptimizerKind};
+use crate::optim::{TableOptimizer, TableOptimizerConfig};
 
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct OptimArgs {
@@ -56,13 +56,13 @@ pub struct OptimArgs {
     /// step (default: --steps).
     #[arg(long)]
     pub dense_steps: Option<usize>,
-    /// Optimizers to run, comma-separated.
+    /// Optimizers to run, comma-separated: any `kind` of `[optimizer.table]`.
     #[arg(long, value_delimiter = ',', default_value = "lazy_adam,dense_adam,sgd")]
     pub optimizers: Vec<String>,
-    /// Adam bias correction: global, per_row or none.
+    /// Bias correction (global, per_row or none), for the kinds that have one.
     #[arg(long, default_value = "global")]
     pub bias_correction: String,
-    /// Decoupled weight decay (lazy rows catch up what they missed).
+    /// Decoupled weight decay (lazy rows catch up what they missed), for the kinds that have one.
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
     /// Size of each triad array in GB (0 = skip the triad).
@@ -145,42 +145,30 @@ pub struct Target {
     pub met: bool,
 }
 
-fn kind(name: &str) -> anyhow::Result<TableOptimizerKind> {
-    Ok(match name {
-        "lazy_adam" => TableOptimizerKind::LazyAdam,
-        "dense_adam" => TableOptimizerKind::DenseAdam,
-        "sgd" => TableOptimizerKind::Sgd,
-        other => bail!("unknown optimizer {other:?} (lazy_adam, dense_adam, sgd)"),
-    })
+/// The config of one `--optimizers` entry: the kind's defaults with lr, and
+/// `--bias-correction` / `--weight-decay` where the kind has those keys.
+fn optimizer_config(name: &str, args: &OptimArgs, lr: f32) -> anyhow::Result<TableOptimizerConfig> {
+    let mut config = TableOptimizerConfig::named(name).map_err(|e| anyhow::anyhow!("--optimizers: {e}"))?;
+    config.set_lr(lr as f64);
+    for (key, value) in [("bias_correction", toml::Value::from(args.bias_correction.as_str())), ("weight_decay", toml::Value::from(args.weight_decay))] {
+        if config.has_key(key) {
+            config.set(key, value).map_err(|e| anyhow::anyhow!("--{}: {e}", key.replace('_', "-")))?;
+        }
+    }
+    Ok(config)
 }
 
-fn bias_correction(name: &str) -> anyhow::Result<BiasCorrection> {
-    Ok(match name {
-        "global" => BiasCorrection::Global,
-        "per_row" => BiasCorrection::PerRow,
-        "none" => BiasCorrection::None,
-        other => bail!("unknown bias correction {other:?} (global, per_row, none)"),
-    })
-}
-
-/// Bytes one step reads and writes, counting each array once per row it visits:
-/// Adam reads g, m, v, w and writes m, v, w (plus the per-row step count or
-/// decay mark when enabled); SGD reads g, w and writes w. Dense Adam visits
-/// every row (g only for the touched ones).
-fn update_bytes(config: &TableOptimizerConfig, rows: usize, touched: f64, dim: usize) -> f64 {
+/// Bytes one step reads and writes, counting each array once per row it
+/// visits: the gradient row is read, and the table row and every per-row
+/// state array (Adam's m and v, an accumulator, step counts, decay marks) are
+/// read and written. A lazy optimizer visits the touched rows, a dense one
+/// every row (reading g only for the touched ones).
+fn update_bytes(optimizer: &dyn TableOptimizer, rows: usize, touched: f64, dim: usize) -> f64 {
     let row = (dim * 4) as f64;
-    let mut extra = 0.0;
-    if config.bias_correction == BiasCorrection::PerRow {
-        extra += 8.0;
-    }
-    if config.weight_decay != 0.0 {
-        extra += 16.0;
-    }
-    match config.kind {
-        TableOptimizerKind::LazyAdam => touched * (7.0 * row + extra),
-        TableOptimizerKind::DenseAdam => rows as f64 * (6.0 * row + extra) + touched * row,
-        TableOptimizerKind::Sgd => touched * 3.0 * row,
-    }
+    let per_row = optimizer.per_row_state();
+    let state_row: f64 = optimizer.state().iter().filter(|(name, _)| per_row.contains(name)).map(|(_, d)| d.bytes() as f64 / rows as f64).sum();
+    let visit = 2.0 * (row + state_row);
+    if optimizer.updates_only_grad_rows() { touched * (row + visit) } else { rows as f64 * visit + touched * row }
 }
 
 /// Knuth's multiplicative constant: a prime, so `rank·P mod rows` is a
@@ -275,8 +263,8 @@ fn evict_caches(buf: &[u64]) {
 }
 
 fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
-    let kinds: Vec<TableOptimizerKind> = args.optimizers.iter().map(|n| kind(n)).collect::<anyhow::Result<_>>()?;
-    let bias = bias_correction(&args.bias_correction)?;
+    let lr = 1e-3f32;
+    let configs: Vec<TableOptimizerConfig> = args.optimizers.iter().map(|n| optimizer_config(n, args, lr)).collect::<anyhow::Result<_>>()?;
     if args.steps == 0 || args.batch == 0 || args.bag == 0 || args.rounds == 0 {
         bail!("--steps, --rounds, --batch and --bag must be positive");
     }
@@ -296,7 +284,6 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
     let triad_before = run_triad();
 
     let dim = args.dim;
-    let lr = 1e-3f32;
     let offsets: Vec<usize> = (0..=args.batch).map(|b| b * args.bag).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed);
     let d_pooled: Vec<f32> = (0..args.batch * dim).map(|_| rng.random_range(-1e-2..1e-2)).collect();
@@ -319,8 +306,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
     // Non-zero contents, so that no page is the shared zero page.
     let evict: Vec<u64> = (0..args.evict_mb * (1 << 20) / 8).map(|i| i as u64 | 1).collect();
     let mut runs = Vec::new();
-    for &k in &kinds {
-        let config = TableOptimizerConfig { kind: k, lr: lr as f64, bias_correction: bias, weight_decay: args.weight_decay, ..Default::default() };
+    for config in &configs {
         let mut optimizers = Vec::new();
         let mut init_s = Vec::new();
         for size in &sizes {
@@ -328,7 +314,8 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
             optimizers.push(config.init(size.rows, dim));
             init_s.push(t.elapsed().as_secs_f64());
         }
-        let timed = if k == TableOptimizerKind::DenseAdam { args.dense_steps.unwrap_or(args.steps).max(1) } else { args.steps };
+        let dense = optimizers.first().is_some_and(|o| !o.updates_only_grad_rows());
+        let timed = if dense { args.dense_steps.unwrap_or(args.steps).max(1) } else { args.steps };
         let mut samples: Vec<Samples> = sizes.iter().map(|_| Samples::default()).collect();
         // Rounds over the sizes, each a block of warm-up steps then timed
         // steps: the load of a shared machine then falls on every size alike,
@@ -344,23 +331,23 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
                 }
             }
         }
-        for ((size, s), state_init_s) in sizes.iter().zip(samples).zip(init_s) {
+        for (((size, s), state_init_s), optimizer) in sizes.iter().zip(samples).zip(init_s).zip(&optimizers) {
             let touched = s.touched as f64 / timed as f64;
             let step = Summary::of(&s.opt);
-            let bytes = update_bytes(&config, size.rows, touched, dim);
+            let bytes = update_bytes(optimizer.as_ref(), size.rows, touched, dim);
             let gb_per_s = bytes / (step.median_ms / 1e3) / 1e9;
-            let updated = if k == TableOptimizerKind::DenseAdam { size.rows as f64 } else { touched };
+            let updated = if dense { size.rows as f64 } else { touched };
             eprintln!(
-                "  {:>10} rows {:<10} {:>9.3} ms/step (median of {timed}), {:.0} rows touched, {:.2} GB/s",
+                "  {:>10} rows {:<20} {:>9.3} ms/step (median of {timed}), {:.0} rows touched, {:.2} GB/s",
                 size.rows,
-                k.name(),
+                config.name(),
                 step.median_ms,
                 touched,
                 gb_per_s
             );
             runs.push(OptimRun {
                 rows: size.rows,
-                optimizer: k.name().into(),
+                optimizer: config.name().into(),
                 warmup_steps: args.warmup * args.rounds,
                 timed_steps: timed,
                 touched_rows: touched,
@@ -473,12 +460,12 @@ fn print_report(r: &OptimReport) {
         );
     }
     println!(
-        "{:>10} {:<10} {:>5} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7} {:>7} {:>8} {:>8}",
+        "{:>10} {:<20} {:>5} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7} {:>7} {:>8} {:>8}",
         "rows", "optimizer", "steps", "ms/step", "p90 ms", "touched", "Mrows/s", "MB/step", "GB/s", "%triad", "fwd ms", "bwd ms"
     );
     for x in &r.runs {
         println!(
-            "{:>10} {:<10} {:>5} {:>10.3} {:>10.3} {:>8.0} {:>10.2} {:>9.2} {:>7.2} {:>7} {:>8.3} {:>8.3}",
+            "{:>10} {:<20} {:>5} {:>10.3} {:>10.3} {:>8.0} {:>10.2} {:>9.2} {:>7.2} {:>7} {:>8.3} {:>8.3}",
             x.rows,
             x.optimizer,
             x.timed_steps,

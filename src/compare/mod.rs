@@ -208,9 +208,9 @@ fn print_plan(plan: &Plan, runner: &str, jobs: usize) {
             "  {}{}: {} [{}], table lr {}, {} epochs",
             arm.name,
             if arm.name == plan.baseline { " (baseline)" } else { "" },
-            c.optimizer.table.kind.name(),
+            c.optimizer.table.name(),
             set.join(", "),
-            c.optimizer.table.lr,
+            c.optimizer.table.lr(),
             c.train.epochs
         );
     }

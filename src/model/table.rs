@@ -447,10 +447,6 @@ pub(crate) struct SharedMut<T>(pub(crate) *mut T);
 unsafe impl<T> Send for SharedMut<T> {}
 unsafe impl<T> Sync for SharedMut<T> {}
 impl<T> SharedMut<T> {
-    /// The address `offset` elements in, for prefetching (not dereferenced here).
-    pub(crate) fn at(&self, offset: usize) -> *const T {
-        self.0.wrapping_add(offset)
-    }
     /// # Safety
     /// `start..start+len` must be in bounds and no other thread may access it concurrently.
     #[allow(clippy::mut_from_ref)]

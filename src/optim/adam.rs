@@ -1,4 +1,5 @@
-//! Adam over an embedding table, lazy (rows in the batch only) and dense (every row).
+//! Adam over an embedding table: the shared config, state and fused row kernel
+//! of `lazy_adam` (rows in the batch only) and `dense_adam` (every row).
 //!
 //! Both use the same update (TF's LazyAdam / torch's SparseAdam form), with `t`
 //! the table's global step, or the row's own step count under
@@ -14,13 +15,12 @@
 //! was absent for some steps first receives the product of the factors it
 //! missed, so lazy and dense agree on decay even under an lr schedule.
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::config::{self, HParam, InvalidKey};
+use super::decay::LazyDecay;
 use super::state::{StateData, StateError, StateSource};
-use super::TableOptimizer;
-use super::grad_rows::for_each_grad_row;
-use crate::model::table::{prefetch, AlignedVec, SharedMut};
+use crate::model::table::AlignedVec;
 use crate::model::{EmbeddingTable, SparseGrad};
 
 /// How Adam's bias correction counts steps.
@@ -35,6 +35,17 @@ pub enum BiasCorrection {
     PerRow,
     /// No bias correction.
     None,
+}
+
+impl BiasCorrection {
+    /// The config's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            BiasCorrection::Global => "global",
+            BiasCorrection::PerRow => "per_row",
+            BiasCorrection::None => "none",
+        }
+    }
 }
 
 /// Hyper-parameters shared by [`LazyAdam`] and [`DenseAdam`].
@@ -54,11 +65,11 @@ impl Default for AdamConfig {
 }
 
 impl AdamConfig {
-    pub fn init_lazy(self, rows: usize, dim: usize) -> LazyAdam {
-        LazyAdam { state: AdamState::new(self, rows, dim) }
+    pub fn init_lazy(self, rows: usize, dim: usize) -> super::LazyAdam {
+        super::LazyAdam::new(self, rows, dim)
     }
-    pub fn init_dense(self, rows: usize, dim: usize) -> DenseAdam {
-        DenseAdam { state: AdamState::new(self, rows, dim) }
+    pub fn init_dense(self, rows: usize, dim: usize) -> super::DenseAdam {
+        super::DenseAdam::new(self, rows, dim)
     }
     pub fn state_bytes(&self, rows: usize, dim: usize) -> u64 {
         let moments = 2 * rows as u64 * dim as u64 * 4;
@@ -75,30 +86,51 @@ impl AdamConfig {
         let t = t.min(i32::MAX as u64) as i32;
         (lr * (1.0 - self.beta2.powi(t)).sqrt() / (1.0 - self.beta1.powi(t))) as f32
     }
+
+    /// The checks of `[optimizer.table]` for an Adam kind with this `lr`.
+    pub(super) fn validate(&self, lr: f64) -> Result<(), InvalidKey> {
+        config::positive("lr", lr)?;
+        config::positive("epsilon", self.epsilon)?;
+        config::unit("beta1", self.beta1)?;
+        config::unit("beta2", self.beta2)?;
+        config::weight_decay(lr, self.weight_decay)
+    }
+
+    /// State bytes of an Adam kind: the per-row arrays, the step count, and the decay sum.
+    pub(super) fn total_state_bytes(&self, rows: usize, dim: usize) -> u64 {
+        self.state_bytes(rows, dim) + 8 + if self.weight_decay != 0.0 { 8 } else { 0 }
+    }
+
+    pub(super) fn hparams(&self, lr: f64) -> Vec<(&'static str, HParam)> {
+        vec![
+            ("lr", HParam::Num(lr)),
+            ("beta1", HParam::Num(self.beta1)),
+            ("beta2", HParam::Num(self.beta2)),
+            ("epsilon", HParam::Num(self.epsilon)),
+            ("weight_decay", HParam::Num(self.weight_decay)),
+            ("bias_correction", HParam::Str(self.bias_correction.name())),
+        ]
+    }
 }
 
 /// Moments and step counters for one table.
 #[derive(Debug)]
-struct AdamState {
-    config: AdamConfig,
-    dim: usize,
-    step: u64,
+pub(super) struct AdamState {
+    pub(super) config: AdamConfig,
+    pub(super) dim: usize,
+    pub(super) step: u64,
     /// Moments, row-major like the table and cache-line aligned like it, so a
     /// row of each is exactly 4 cache lines at dim 64.
-    m: AlignedVec<f32>,
-    v: AlignedVec<f32>,
+    pub(super) m: AlignedVec<f32>,
+    pub(super) v: AlignedVec<f32>,
     /// Per-row step counts (only with `BiasCorrection::PerRow`).
-    row_steps: AlignedVec<u32>,
-    /// Σ ln(1 − lr·wd) over all steps so far (only with weight decay).
-    log_decay: f64,
-    /// Each row's `log_decay` when its decay was last applied (only with weight decay).
-    row_log_decay: AlignedVec<f64>,
+    pub(super) row_steps: AlignedVec<u32>,
+    pub(super) decay: LazyDecay,
 }
 
 impl AdamState {
-    fn new(config: AdamConfig, rows: usize, dim: usize) -> Self {
+    pub(super) fn new(config: AdamConfig, rows: usize, dim: usize) -> Self {
         let per_row = config.bias_correction == BiasCorrection::PerRow;
-        let decays = config.weight_decay != 0.0;
         AdamState {
             config,
             dim,
@@ -106,8 +138,7 @@ impl AdamState {
             m: AlignedVec::zeroed(rows * dim),
             v: AlignedVec::zeroed(rows * dim),
             row_steps: AlignedVec::zeroed(if per_row { rows } else { 0 }),
-            log_decay: 0.0,
-            row_log_decay: AlignedVec::zeroed(if decays { rows } else { 0 }),
+            decay: LazyDecay::new(config.weight_decay, rows),
         }
     }
 
@@ -115,44 +146,34 @@ impl AdamState {
         self.m.len() / self.dim
     }
 
-    /// Panics unless the table and gradient have this state's shape; returns
-    /// `dim`. The row check matters for soundness: rows are bounded by the
-    /// table, and the update writes the same rows of m and v.
-    fn check_shapes(&self, table: &EmbeddingTable, grad: &SparseGrad) -> usize {
+    /// Panics unless the table and gradient have this state's shape; returns `dim`.
+    pub(super) fn check_shapes(&self, table: &EmbeddingTable, grad: &SparseGrad) -> usize {
         assert_eq!(table.dim(), self.dim, "table and optimizer dims differ");
         assert_eq!(grad.dim(), self.dim, "gradient and optimizer dims differ");
         assert_eq!(table.rows(), self.rows(), "table and optimizer rows differ");
         self.dim
     }
 
-    fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
-        let decay = (!self.row_log_decay.is_empty()).then_some((&self.log_decay, &self.row_log_decay[..]));
-        adam_state_arrays(&self.step, &self.m, &self.v, &self.row_steps, decay)
+    pub(super) fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
+        adam_state_arrays(&self.step, &self.m, &self.v, &self.row_steps, self.decay.arrays())
     }
 
-    fn load_state(&mut self, source: &dyn StateSource) -> Result<(), StateError> {
+    pub(super) fn load_state(&mut self, source: &dyn StateSource) -> Result<(), StateError> {
         source.read_u64("step", std::slice::from_mut(&mut self.step))?;
         source.read_f32("m", &mut self.m)?;
         source.read_f32("v", &mut self.v)?;
         if !self.row_steps.is_empty() {
             source.read_u32("row_steps", &mut self.row_steps)?;
         }
-        if !self.row_log_decay.is_empty() {
-            source.read_f64("log_decay", std::slice::from_mut(&mut self.log_decay))?;
-            source.read_f64("row_log_decay", &mut self.row_log_decay)?;
-        }
-        Ok(())
+        self.decay.load(source)
     }
 
     /// Advances the global step and decay product; returns the global step size
     /// and this step's decay factor for rows that were present last step too.
-    fn begin_step(&mut self, lr: f32) -> (f32, f32) {
+    pub(super) fn begin_step(&mut self, lr: f32) -> (f32, f32) {
         self.step += 1;
-        let decay = 1.0 - lr as f64 * self.config.weight_decay;
-        if self.config.weight_decay != 0.0 {
-            self.log_decay += decay.ln();
-        }
-        (self.config.step_size(lr as f64, self.step), decay as f32)
+        let decay = self.decay.begin_step(lr);
+        (self.config.step_size(lr as f64, self.step), decay)
     }
 }
 
@@ -183,7 +204,7 @@ pub const ADAM_ROW_STATE: &[&str] = &["m", "v", "row_steps", "row_log_decay"];
 
 /// Adam's constants for one step, converted to f32 once.
 #[derive(Clone, Copy)]
-struct Coeffs {
+pub(super) struct Coeffs {
     b1: f32,
     b2: f32,
     one_b1: f32,
@@ -194,7 +215,7 @@ struct Coeffs {
 }
 
 impl Coeffs {
-    fn new(c: &AdamConfig) -> Self {
+    pub(super) fn new(c: &AdamConfig) -> Self {
         Coeffs {
             b1: c.beta1 as f32,
             b2: c.beta2 as f32,
@@ -217,7 +238,7 @@ impl Coeffs {
 /// and div; no FMA contraction), so the results are bit-identical: only the
 /// time differs. On cached rows the sqrt and div are a large part of the cost.
 #[inline(always)]
-fn update_row(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: Option<&[f32]>, c: &Coeffs, step_size: f32, decay: f32) {
+pub(super) fn update_row(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: Option<&[f32]>, c: &Coeffs, step_size: f32, decay: f32) {
     #[cfg(target_arch = "x86_64")]
     if c.avx2 {
         // SAFETY: `c.avx2` is set only when the CPU reports AVX2 (Coeffs::new).
@@ -260,159 +281,10 @@ fn update_row_portable(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: Option<&[
     }
 }
 
-/// Rows per task of the dense update (a long loop: rayon's own splitting).
-const DENSE_ROWS_PER_TASK: usize = 4096;
-
-/// Adam that updates m, v and w only for the rows present in the batch.
-#[derive(Debug)]
-pub struct LazyAdam {
-    state: AdamState,
-}
-
-impl TableOptimizer for LazyAdam {
-    fn name(&self) -> &'static str {
-        "lazy_adam"
-    }
-
-    fn step(&mut self, table: &mut EmbeddingTable, grad: &SparseGrad, lr: f32) {
-        let dim = self.state.check_shapes(table, grad);
-        let (global_step_size, _) = self.state.begin_step(lr);
-        let s = &mut self.state;
-        let (config, log_decay, lr) = (s.config, s.log_decay, lr as f64);
-        let coeffs = Coeffs::new(&config);
-        let table_rows = table.rows();
-        let w = SharedMut(table.as_mut_slice().as_mut_ptr());
-        let m = SharedMut(s.m.as_mut_ptr());
-        let v = SharedMut(s.v.as_mut_ptr());
-        let row_steps = SharedMut(s.row_steps.as_mut_ptr());
-        let row_log_decay = SharedMut(s.row_log_decay.as_mut_ptr());
-        let (per_row, decays) = (!s.row_steps.is_empty(), !s.row_log_decay.is_empty());
-        let fetch = |r: usize| {
-            for p in [w, m, v] {
-                prefetch(p.at(r * dim), dim);
-            }
-        };
-        for_each_grad_row(grad, table_rows, fetch, |r, g| {
-            // SAFETY: for_each_grad_row hands out each row once and checks it is
-            // < table.rows(), so this call alone touches row r of w, m, v and the per-row arrays.
-            let (w, m, v) = unsafe { (w.slice(r * dim, dim), m.slice(r * dim, dim), v.slice(r * dim, dim)) };
-            let step_size = if per_row {
-                // SAFETY: as above.
-                let k_i = unsafe { &mut row_steps.slice(r, 1)[0] };
-                *k_i += 1;
-                config.step_size(lr, *k_i as u64)
-            } else {
-                global_step_size
-            };
-            let decay = if decays {
-                // Catch up every factor since this row's last update, this step's included.
-                // SAFETY: as above.
-                let mark = unsafe { &mut row_log_decay.slice(r, 1)[0] };
-                let factor = (log_decay - *mark).exp();
-                *mark = log_decay;
-                factor as f32
-            } else {
-                1.0
-            };
-            update_row(w, m, v, Some(g), &coeffs, step_size, decay);
-        });
-    }
-
-    fn steps(&self) -> u64 {
-        self.state.step
-    }
-    fn per_row_state(&self) -> &'static [&'static str] {
-        ADAM_ROW_STATE
-    }
-    fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
-        self.state.state()
-    }
-    fn load_state(&mut self, source: &dyn StateSource) -> Result<(), StateError> {
-        self.state.load_state(source)
-    }
-
-    fn apply_pending_decay(&mut self, table: &mut EmbeddingTable) {
-        let s = &mut self.state;
-        if s.row_log_decay.is_empty() {
-            return;
-        }
-        let log_decay = s.log_decay;
-        table
-            .as_mut_slice()
-            .par_chunks_mut(s.dim)
-            .zip(s.row_log_decay.par_iter_mut())
-            .for_each(|(w, mark)| {
-                let factor = (log_decay - *mark).exp() as f32;
-                *mark = log_decay;
-                w.iter_mut().for_each(|x| *x *= factor);
-            });
-    }
-}
-
-/// Adam that updates every row every step; rows absent from the batch get g = 0.
-#[derive(Debug)]
-pub struct DenseAdam {
-    state: AdamState,
-}
-
-impl TableOptimizer for DenseAdam {
-    fn name(&self) -> &'static str {
-        "dense_adam"
-    }
-    fn updates_only_grad_rows(&self) -> bool {
-        false
-    }
-
-    fn step(&mut self, table: &mut EmbeddingTable, grad: &SparseGrad, lr: f32) {
-        let dim = self.state.check_shapes(table, grad);
-        let (step_size, decay) = self.state.begin_step(lr);
-        let s = &mut self.state;
-        let coeffs = Coeffs::new(&s.config);
-        let (log_decay, t) = (s.log_decay, s.step);
-        // Every row is present every step, so per-row counts equal the global step.
-        s.row_steps.iter_mut().for_each(|k| *k = t as u32);
-        s.row_log_decay.iter_mut().for_each(|mark| *mark = log_decay);
-        let chunk = DENSE_ROWS_PER_TASK;
-        table
-            .as_mut_slice()
-            .par_chunks_mut(chunk * dim)
-            .zip(s.m.par_chunks_mut(chunk * dim))
-            .zip(s.v.par_chunks_mut(chunk * dim))
-            .enumerate()
-            .for_each(|(c, ((w, m), v))| {
-                let first = c * chunk;
-                // Merge this chunk's rows with the sorted gradient rows.
-                let mut k = grad.rows().partition_point(|&r| (r as usize) < first);
-                for (i, ((w, m), v)) in w.chunks_mut(dim).zip(m.chunks_mut(dim)).zip(v.chunks_mut(dim)).enumerate() {
-                    let row = first + i;
-                    let g = if grad.rows().get(k) == Some(&(row as u32)) {
-                        k += 1;
-                        Some(grad.row_values(k - 1))
-                    } else {
-                        None
-                    };
-                    update_row(w, m, v, g, &coeffs, step_size, decay);
-                }
-            });
-    }
-
-    fn steps(&self) -> u64 {
-        self.state.step
-    }
-    fn per_row_state(&self) -> &'static [&'static str] {
-        ADAM_ROW_STATE
-    }
-    fn state(&self) -> Vec<(&'static str, StateData<'_>)> {
-        self.state.state()
-    }
-    fn load_state(&mut self, source: &dyn StateSource) -> Result<(), StateError> {
-        self.state.load_state(source)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::TableOptimizer;
 
     /// The AVX2 and SSE2 paths must agree bit for bit, or results would depend on the CPU.
     #[test]

@@ -1,10 +1,47 @@
-//! Plain sparse SGD: `w ← w − lr·g` for the rows in the batch. The simplest baseline.
+//! `kind = "sgd"`: plain sparse SGD, `w ← w − lr·g` for the rows in the batch. The simplest baseline.
 
-use super::grad_rows::for_each_grad_row;
+use serde::{Deserialize, Serialize};
+
+use super::config::{self, HParam, InvalidKey, OptimizerConfig};
+use super::rows::{for_each_grad_row, RowsMut};
 use super::state::{StateData, StateError, StateSource};
 use super::TableOptimizer;
-use crate::model::table::{prefetch, SharedMut};
 use crate::model::{EmbeddingTable, SparseGrad};
+
+/// `[optimizer.table]` with `kind = "sgd"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SgdConfig {
+    /// Peak learning rate (default 1e-3); the schedule scales it each step.
+    pub lr: f64,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        SgdConfig { lr: 1e-3 }
+    }
+}
+
+impl OptimizerConfig for SgdConfig {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    fn validate(&self) -> Result<(), InvalidKey> {
+        config::positive("lr", self.lr)
+    }
+    fn state_bytes(&self, _rows: usize, _dim: usize) -> u64 {
+        8 // the step count
+    }
+    fn init(&self, _rows: usize, _dim: usize) -> Box<dyn TableOptimizer> {
+        Box::new(Sgd::new())
+    }
+    fn hparams(&self) -> Vec<(&'static str, HParam)> {
+        vec![("lr", HParam::Num(self.lr))]
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Sgd {
@@ -26,13 +63,7 @@ impl TableOptimizer for Sgd {
         self.step += 1;
         let dim = table.dim();
         assert_eq!(grad.dim(), dim, "gradient and table dims differ");
-        let table_rows = table.rows();
-        let w = SharedMut(table.as_mut_slice().as_mut_ptr());
-        let fetch = |r: usize| prefetch(w.at(r * dim), dim);
-        for_each_grad_row(grad, table_rows, fetch, |r, g| {
-            // SAFETY: for_each_grad_row hands out each row once and checks it is
-            // < table.rows(), so this call alone writes row r.
-            let w = unsafe { w.slice(r * dim, dim) };
+        for_each_grad_row(grad, RowsMut::new(table.as_mut_slice(), dim), |w, g| {
             for (w, g) in w.iter_mut().zip(g) {
                 *w -= lr * g;
             }

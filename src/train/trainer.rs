@@ -230,6 +230,16 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         None => None,
     };
     let data = prepare(&config)?;
+    if options.resume.is_some() {
+        // Before anything in the run directory is rewritten: resuming on other data
+        // would put labels on the wrong outputs and words on other rows.
+        match super::fingerprint::DataFingerprint::read(&dir)? {
+            Some(recorded) => recorded
+                .compare(&data.fingerprint)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; refusing to resume on changed data", dir.display()))?,
+            None => eprintln!("warning: {} has no data fingerprint (trained by an older sparseburn): data changes cannot be detected", dir.display()),
+        }
+    }
     if let Some(ckpt) = &checkpoint {
         let total = total_steps(&config, data.train.len());
         let summary = dir.join("summary.json");
@@ -262,6 +272,7 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         }
     }
     run_dir::write_run_files(&dir, &config, &data.labels, data.featurizer.vocab())?;
+    data.fingerprint.write(&dir)?;
 
     let rows = data.featurizer.rows();
     let dim = config.model.dim;
@@ -385,21 +396,30 @@ impl<B: AutodiffBackend> Run<B> {
         }
         let c = &self.config;
         let t = &c.optimizer.table;
-        let hparams: Vec<(String, HParamValue)> = vec![
+        // The table optimizer's own keys, spelled as in the config (`per_row`).
+        let table_hparams = t.hparams().into_iter().map(|(key, value)| {
+            let value = match value {
+                crate::optim::HParam::Num(x) => HParamValue::Num(x),
+                crate::optim::HParam::Str(s) => HParamValue::Str(s.into()),
+            };
+            (key.to_string(), value)
+        });
+        let hparams: Vec<(String, HParamValue)> = [
             ("arm".into(), HParamValue::Str(c.experiment.arm.clone())),
-            ("optimizer".into(), HParamValue::Str(t.kind.name().into())),
-            ("lr".into(), HParamValue::Num(t.lr)),
+            ("optimizer".into(), HParamValue::Str(t.name().into())),
+        ]
+        .into_iter()
+        .chain(table_hparams)
+        .chain([
             ("head_lr".into(), HParamValue::Num(c.optimizer.head.lr)),
-            ("bias_correction".into(), HParamValue::Str(format!("{:?}", t.bias_correction).to_lowercase())),
-            ("weight_decay".into(), HParamValue::Num(t.weight_decay)),
-            ("epsilon".into(), HParamValue::Num(t.epsilon)),
             ("dim".into(), HParamValue::Num(c.model.dim as f64)),
             ("buckets".into(), HParamValue::Num(c.vocab.buckets as f64)),
             ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
             ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
             ("batch_size".into(), HParamValue::Num(c.train.batch_size as f64)),
             ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
-        ];
+        ])
+        .collect();
         let config_text = format!("```toml\n{}\n```", c.to_toml());
         if let Some(s) = self.summary.as_mut().filter(|_| first_session) {
             s.graph(&spec);
@@ -537,7 +557,7 @@ impl<B: AutodiffBackend> Run<B> {
         bag_backward(bags, pooling, &d_pooled, grad);
         lap(&mut self.timings.bag_backward_ms);
 
-        let table_lr = (self.config.optimizer.table.lr * lr) as f32;
+        let table_lr = (self.config.optimizer.table.lr() * lr) as f32;
         self.table_optimizer.step(&mut self.table, grad, table_lr);
         if self.dense_table_updates {
             self.checkpointer.record_all_rows();
@@ -561,7 +581,7 @@ impl<B: AutodiffBackend> Run<B> {
         if !step.is_multiple_of(every) {
             return Ok(());
         }
-        let lr_table = self.config.optimizer.table.lr * lr;
+        let lr_table = self.config.optimizer.table.lr() * lr;
         let lr_head = self.config.optimizer.head.lr * lr;
         let unique_ratio = grad.len() as f64 / batch.ids.len().max(1) as f64;
         self.metrics.write(&serde_json::json!({

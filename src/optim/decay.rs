@@ -1,0 +1,100 @@
+//! Decoupled (AdamW-style) weight decay for lazy optimizers: every step
+//! multiplies every row by `1 − lr·wd`; a row absent for some steps receives
+//! the product of the factors it missed when it is next updated (or when
+//! [`LazyDecay::apply_pending`] runs, e.g. before export), so lazy and dense
+//! agree on decay even under an lr schedule. The product is kept as a running
+//! sum of logs, with each row's mark the sum when it last caught up.
+
+use rayon::prelude::*;
+
+use super::rows::PerRowMut;
+use crate::model::table::AlignedVec;
+use crate::model::EmbeddingTable;
+
+#[derive(Debug)]
+pub(super) struct LazyDecay {
+    weight_decay: f64,
+    /// Σ ln(1 − lr·wd) over all steps so far (only with weight decay).
+    log_decay: f64,
+    /// Each row's `log_decay` when its decay was last applied (empty without weight decay).
+    marks: AlignedVec<f64>,
+}
+
+impl LazyDecay {
+    pub(super) fn new(weight_decay: f64, rows: usize) -> Self {
+        LazyDecay { weight_decay, log_decay: 0.0, marks: AlignedVec::zeroed(if weight_decay != 0.0 { rows } else { 0 }) }
+    }
+
+    /// Adds this step to the running product; returns this step's factor
+    /// (what a row present last step too receives, and what dense optimizers apply).
+    pub(super) fn begin_step(&mut self, lr: f32) -> f32 {
+        let decay = 1.0 - lr as f64 * self.weight_decay;
+        if self.weight_decay != 0.0 {
+            self.log_decay += decay.ln();
+        }
+        decay as f32
+    }
+
+    pub(super) fn log_decay(&self) -> f64 {
+        self.log_decay
+    }
+
+    /// The rows' marks for [`super::rows::for_each_grad_row`] (`None` without weight decay).
+    pub(super) fn marks(&mut self) -> Option<PerRowMut<'_, f64>> {
+        PerRowMut::optional(&mut self.marks)
+    }
+
+    /// Every mark caught up to now (a dense step decays every row).
+    pub(super) fn mark_all(&mut self) {
+        let log_decay = self.log_decay;
+        self.marks.iter_mut().for_each(|mark| *mark = log_decay);
+    }
+
+    /// The factor a row with `mark` has missed, this step's included; moves the mark to now.
+    #[inline(always)]
+    pub(super) fn catch_up(log_decay: f64, mark: &mut f64) -> f32 {
+        let factor = (log_decay - *mark).exp();
+        *mark = log_decay;
+        factor as f32
+    }
+
+    /// Applies every row's missed decay, so the table holds the weights a
+    /// dense optimizer would have (decay-wise) at this step.
+    pub(super) fn apply_pending(&mut self, table: &mut EmbeddingTable) {
+        if self.marks.is_empty() {
+            return;
+        }
+        assert_eq!(table.rows(), self.marks.len(), "table and decay marks differ in rows");
+        let (log_decay, dim) = (self.log_decay, table.dim());
+        table.as_mut_slice().par_chunks_mut(dim).zip(self.marks.par_iter_mut()).for_each(|(w, mark)| {
+            let factor = Self::catch_up(log_decay, mark);
+            w.iter_mut().for_each(|x| *x *= factor);
+        });
+    }
+
+    /// The state arrays `log_decay`, `row_log_decay` (`None` without weight decay).
+    pub(super) fn arrays(&self) -> Option<(&f64, &[f64])> {
+        (!self.marks.is_empty()).then_some((&self.log_decay, &self.marks[..]))
+    }
+
+    pub(super) fn load(&mut self, source: &dyn super::StateSource) -> Result<(), super::StateError> {
+        if !self.marks.is_empty() {
+            source.read_f64("log_decay", std::slice::from_mut(&mut self.log_decay))?;
+            source.read_f64("row_log_decay", &mut self.marks)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of state for `rows` rows: the marks and the running sum.
+    pub(super) fn state_bytes(weight_decay: f64, rows: usize) -> u64 {
+        if weight_decay != 0.0 { rows as u64 * 8 + 8 } else { 0 }
+    }
+}
+
+/// Adds the state arrays of `decay` (when enabled) to `state`.
+pub(super) fn push_arrays<'a>(state: &mut Vec<(&'static str, super::StateData<'a>)>, decay: &'a LazyDecay) {
+    if let Some((log_decay, marks)) = decay.arrays() {
+        state.push(("log_decay", super::StateData::F64(std::slice::from_ref(log_decay))));
+        state.push(("row_log_decay", super::StateData::F64(marks)));
+    }
+}

@@ -1,0 +1,259 @@
+//! The parallel loop over a sparse gradient's rows that the lazy table
+//! optimizers share, and the one place where their row updates meet `unsafe`.
+//!
+//! [`for_each_grad_row`] takes the table and the optimizer's per-row arrays
+//! by exclusive borrow, checks that the gradient's rows are sorted, unique and
+//! in range, and hands each update call the `&mut` rows of every array for one
+//! gradient row. Tasks are runs of consecutive sorted rows claimed from a
+//! counter, with the rows ahead prefetched. Optimizer files stay safe code.
+
+use std::marker::PhantomData;
+
+use crate::model::table::{for_each_claimed, prefetch};
+use crate::model::SparseGrad;
+
+/// Rows per task of the lazy update: large enough to amortise claiming a
+/// task, small enough (~10–20 µs) that a thread joining late waits little.
+pub(super) const ROWS_PER_TASK: usize = 128;
+
+/// How many rows ahead the lazy update prefetches. Touched rows are scattered
+/// over the table, so each is a cache (and, without huge pages, TLB) miss; a
+/// few rows in flight per thread hide most of the latency: 4 rows = 48 lines
+/// of w, m and v. Measured with `sparseburn bench optim` (2 to 16 tried; 4 or
+/// more are equal within noise, none at all is 2× slower; see BENCHMARKS.md).
+pub(super) const PREFETCH_ROWS: usize = 4;
+
+/// A row-major array of `rows × width` values, borrowed exclusively, whose
+/// rows [`for_each_grad_row`] hands out as `&mut [T]`, each at most once.
+pub struct RowsMut<'a, T> {
+    ptr: *mut T,
+    width: usize,
+    rows: usize,
+    _borrow: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: a RowsMut is an exclusive borrow of its slice. Its values are
+// reached only through `RowArrays::take`, whose contract (each row at most
+// once per RowsMut) means no two threads ever hold the same value; moving
+// `&mut T` to another thread needs `T: Send`.
+unsafe impl<T: Send> Send for RowsMut<'_, T> {}
+// SAFETY: as above: sharing a RowsMut only lets threads take distinct rows.
+unsafe impl<T: Send> Sync for RowsMut<'_, T> {}
+
+impl<'a, T> RowsMut<'a, T> {
+    /// `data` as rows of `width` values (its length must be a whole number of rows).
+    pub fn new(data: &'a mut [T], width: usize) -> Self {
+        assert!(width > 0, "a row-indexed array needs a positive row width");
+        assert!(data.len().is_multiple_of(width), "an array of {} values is not whole rows of {width}", data.len());
+        RowsMut { ptr: data.as_mut_ptr(), width, rows: data.len() / width, _borrow: PhantomData }
+    }
+
+    /// Like [`RowsMut::new`], or `None` for an empty array (a per-row array
+    /// that the config switched off, e.g. decay marks without weight decay).
+    pub fn optional(data: &'a mut [T], width: usize) -> Option<Self> {
+        (!data.is_empty()).then(|| RowsMut::new(data, width))
+    }
+}
+
+/// One value per table row (an accumulator, a step count, a decay mark),
+/// handed out as `&mut T`.
+pub struct PerRowMut<'a, T>(RowsMut<'a, T>);
+
+impl<'a, T> PerRowMut<'a, T> {
+    pub fn new(data: &'a mut [T]) -> Self {
+        PerRowMut(RowsMut::new(data, 1))
+    }
+    /// `None` for an empty array, as [`RowsMut::optional`].
+    pub fn optional(data: &'a mut [T]) -> Option<Self> {
+        (!data.is_empty()).then(|| PerRowMut::new(data))
+    }
+}
+
+/// Arrays whose rows [`for_each_grad_row`] hands out: [`RowsMut`],
+/// [`PerRowMut`], an `Option` of one (an array switched off), or a tuple of
+/// up to six of these. Implemented only here: `take` is the unsafe part.
+pub trait RowArrays: Sync {
+    /// What one row of these arrays is, e.g. `(&mut [f32], &mut u32)`.
+    type Row;
+    /// Rows of these arrays (`None` when all are absent); panics if arrays differ.
+    fn rows(&self) -> Option<usize>;
+    /// Starts loading `row` of every array (a hint; never dereferences).
+    fn prefetch(&self, row: usize);
+    /// # Safety
+    /// `row` must be below [`RowArrays::rows`], and no row may be taken twice
+    /// from the same value of `Self` (the rows returned live as long as the borrow).
+    unsafe fn take(&self, row: usize) -> Self::Row;
+}
+
+impl<'a, T: Send> RowArrays for RowsMut<'a, T> {
+    type Row = &'a mut [T];
+    fn rows(&self) -> Option<usize> {
+        Some(self.rows)
+    }
+    #[inline(always)]
+    fn prefetch(&self, row: usize) {
+        prefetch(self.ptr.wrapping_add(row * self.width), self.width);
+    }
+    #[inline(always)]
+    unsafe fn take(&self, row: usize) -> &'a mut [T] {
+        // SAFETY: row < self.rows (the caller's contract) keeps the slice in
+        // the borrowed array; taking each row once keeps it unaliased.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(row * self.width), self.width) }
+    }
+}
+
+impl<'a, T: Send> RowArrays for PerRowMut<'a, T> {
+    type Row = &'a mut T;
+    fn rows(&self) -> Option<usize> {
+        self.0.rows()
+    }
+    #[inline(always)]
+    fn prefetch(&self, row: usize) {
+        self.0.prefetch(row);
+    }
+    #[inline(always)]
+    unsafe fn take(&self, row: usize) -> &'a mut T {
+        // SAFETY: forwarded: the caller upholds `take`'s contract.
+        unsafe { &mut self.0.take(row)[0] }
+    }
+}
+
+impl<A: RowArrays> RowArrays for Option<A> {
+    type Row = Option<A::Row>;
+    fn rows(&self) -> Option<usize> {
+        self.as_ref().and_then(|a| a.rows())
+    }
+    #[inline(always)]
+    fn prefetch(&self, row: usize) {
+        if let Some(a) = self {
+            a.prefetch(row);
+        }
+    }
+    #[inline(always)]
+    unsafe fn take(&self, row: usize) -> Self::Row {
+        // SAFETY: forwarded: the caller upholds `take`'s contract.
+        self.as_ref().map(|a| unsafe { a.take(row) })
+    }
+}
+
+macro_rules! tuple_row_arrays {
+    ($($a:ident)+) => {
+        #[allow(non_snake_case)] // the type parameters name the tuple's parts
+        impl<$($a: RowArrays),+> RowArrays for ($($a,)+) {
+            type Row = ($($a::Row,)+);
+            fn rows(&self) -> Option<usize> {
+                let ($($a,)+) = self;
+                let mut rows = None;
+                $(
+                    if let Some(n) = $a.rows() {
+                        match rows {
+                            None => rows = Some(n),
+                            Some(m) => assert_eq!(m, n, "row-indexed arrays differ in rows: {m} and {n}"),
+                        }
+                    }
+                )+
+                rows
+            }
+            #[inline(always)]
+            fn prefetch(&self, row: usize) {
+                let ($($a,)+) = self;
+                $($a.prefetch(row);)+
+            }
+            #[inline(always)]
+            unsafe fn take(&self, row: usize) -> Self::Row {
+                let ($($a,)+) = self;
+                // SAFETY: forwarded to every part: the caller upholds `take`'s contract.
+                unsafe { ($($a.take(row),)+) }
+            }
+        }
+    };
+}
+tuple_row_arrays!(A);
+tuple_row_arrays!(A B);
+tuple_row_arrays!(A B C);
+tuple_row_arrays!(A B C D);
+tuple_row_arrays!(A B C D E);
+tuple_row_arrays!(A B C D E F);
+
+/// Calls `update(rows, g)` once for every row of `grad`, in parallel, with
+/// that row's `&mut` rows of `arrays` and its gradient `g`, prefetching the
+/// rows [`PREFETCH_ROWS`] ahead so that their memory is on its way.
+///
+/// Panics, before any update, unless `grad`'s rows are strictly increasing
+/// (its invariant, checked here so that soundness does not rest on it) and
+/// below the arrays' row count, and unless all arrays have the same rows.
+pub fn for_each_grad_row<A: RowArrays>(grad: &SparseGrad, arrays: A, update: impl Fn(A::Row, &[f32]) + Sync) {
+    let (rows, values, dim) = (grad.rows(), grad.values(), grad.dim());
+    if rows.is_empty() {
+        return;
+    }
+    let table_rows = arrays.rows().expect("for_each_grad_row needs at least one array");
+    // A few µs per step next to the update's memory traffic: the price of
+    // handing out rows without trusting the caller.
+    assert!(rows.windows(2).all(|p| p[0] < p[1]), "gradient rows are not sorted and unique");
+    let last = rows[rows.len() - 1];
+    assert!((last as usize) < table_rows, "row id {last} out of range for {table_rows} rows");
+    let arrays = &arrays;
+    for_each_claimed(rows.len().div_ceil(ROWS_PER_TASK), |task| {
+        let first = task * ROWS_PER_TASK;
+        let rows = &rows[first..(first + ROWS_PER_TASK).min(rows.len())];
+        let g = &values[first * dim..(first + rows.len()) * dim];
+        let ahead = |k: usize| {
+            if let Some(&row) = rows.get(k) {
+                arrays.prefetch(row as usize);
+            }
+        };
+        (0..PREFETCH_ROWS).for_each(ahead);
+        for (k, (&row, g)) in rows.iter().zip(g.chunks_exact(dim)).enumerate() {
+            ahead(k + PREFETCH_ROWS);
+            // SAFETY: rows are strictly increasing (so each is taken once, by
+            // one task) and below `table_rows` (checked above), and `arrays`
+            // was moved into this call, so no other call takes from it.
+            update(unsafe { arrays.take(row as usize) }, g);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_gradient_row_gets_its_own_rows_once() {
+        let (rows, dim) = (1000, 3);
+        let mut w = vec![0.0f32; rows * dim];
+        let mut count = vec![0u32; rows];
+        let mut absent: Vec<f64> = Vec::new();
+        let ids: Vec<u32> = (0..rows as u32).filter(|r| r % 3 != 1).collect();
+        let values: Vec<f32> = ids.iter().flat_map(|&r| [r as f32, 1.0, 2.0]).collect();
+        let grad = SparseGrad::from_duplicates(dim, &ids, &values);
+        let arrays = (RowsMut::new(&mut w, dim), PerRowMut::new(&mut count), PerRowMut::optional(&mut absent));
+        for_each_grad_row(&grad, arrays, |(w, k, none), g| {
+            assert!(none.is_none());
+            *k += 1;
+            w.copy_from_slice(g);
+        });
+        for r in 0..rows {
+            let present = r % 3 != 1;
+            assert_eq!(count[r], present as u32, "row {r}");
+            let want = if present { [r as f32, 1.0, 2.0] } else { [0.0; 3] };
+            assert_eq!(&w[r * dim..(r + 1) * dim], &want, "row {r}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn refuses_a_row_beyond_the_arrays() {
+        let mut w = vec![0.0f32; 4 * 2];
+        let grad = SparseGrad::from_duplicates(2, &[1, 4], &[1.0; 4]);
+        for_each_grad_row(&grad, RowsMut::new(&mut w, 2), |_, _| {});
+    }
+
+    #[test]
+    #[should_panic(expected = "differ in rows")]
+    fn refuses_arrays_of_different_rows() {
+        let (mut w, mut k) = (vec![0.0f32; 4 * 2], vec![0u32; 3]);
+        let grad = SparseGrad::from_duplicates(2, &[1], &[1.0; 2]);
+        for_each_grad_row(&grad, (RowsMut::new(&mut w, 2), PerRowMut::new(&mut k)), |_, _| {});
+    }
+}
