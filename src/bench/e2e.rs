@@ -62,12 +62,23 @@ pub struct ChildSummary {
     pub final_eval: Option<ChildEval>,
     pub step_time: Option<ChildStepTime>,
     pub interrupted: Option<bool>,
-    /// Seconds from process start to the end of the first training step.
+    /// Seconds from the start of training (config loaded) to the end of the first step.
+    #[serde(alias = "time_to_first_step_seconds")]
     pub time_to_first_step_s: Option<f64>,
+    /// What checkpoints cost (`seconds_in_loop`, `seconds_final`, `bytes`), as the trainer records it.
+    pub checkpoint: Option<ChildCheckpoint>,
     /// Seconds the training loop was held up by checkpoints (all of them, the final one excluded).
     pub checkpoint_seconds_in_loop: Option<f64>,
     /// Seconds from the end of the loop until the final checkpoint was durable.
     pub checkpoint_seconds_final: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ChildCheckpoint {
+    pub seconds_in_loop: Option<f64>,
+    pub seconds_final: Option<f64>,
+    pub bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -249,8 +260,8 @@ fn run_once(args: &E2eArgs, binary: &Path, index: usize) -> anyhow::Result<E2eRu
     let run = E2eRun {
         time_to_first_step_s: s.time_to_first_step_s.or(observed.time_to_first_step_s),
         loop_s: s.train_seconds,
-        checkpoint_in_loop_s: s.checkpoint_seconds_in_loop,
-        checkpoint_final_s: s.checkpoint_seconds_final,
+        checkpoint_in_loop_s: s.checkpoint_seconds_in_loop.or(s.checkpoint.as_ref().and_then(|c| c.seconds_in_loop)),
+        checkpoint_final_s: s.checkpoint_seconds_final.or(s.checkpoint.as_ref().and_then(|c| c.seconds_final)),
         accuracy: s.final_eval.as_ref().map(|e| e.accuracy),
         checkpoint_dir_bytes: tree_bytes(&run_dir.join("checkpoints")),
         run_dir_bytes: tree_bytes(&run_dir),
