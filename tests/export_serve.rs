@@ -607,7 +607,8 @@ fn http_rejects_bad_requests_with_json_errors() {
         (p, "{not json".into(), 400, "malformed JSON"),
         (p, "".into(), 400, "malformed JSON"),
         (p, "[\"a\"]".into(), 400, "expected a JSON object"),
-        (p, r#"{"inputs": ["a"]}"#.into(), 400, "\"inputs\" format is not supported"),
+        (p, r#"{"inputs": ["a"], "instances": ["a"]}"#.into(), 400, "either \"instances\" (row format) or \"inputs\" (columnar format), not both"),
+        (p, r#"{"inputs": [["a"]]}"#.into(), 400, "inputs[0] must be a string"),
         (p, r#"{"instances": "a"}"#.into(), 400, "must be a list"),
         (p, r#"{"instances": [["a"]]}"#.into(), 400, "instances[0] must be a string"),
         (p, r#"{"instances": [{"text": 3}]}"#.into(), 400, "instances[0].text must be a string"),
@@ -635,7 +636,7 @@ fn http_rejects_bad_requests_with_json_errors() {
     let (status, _) = post(&c, &server, p, r#"{"instances": ["still fine"]}"#);
     assert_eq!(status, 200);
     let metrics = get(&c, &server, "/metrics").1;
-    assert!(metrics.contains("sparseburn_predict_errors_total{reason=\"bad_request\"} 9"), "{metrics}");
+    assert!(metrics.contains("sparseburn_predict_errors_total{reason=\"bad_request\"} 10"), "{metrics}");
     assert!(metrics.contains("sparseburn_predict_errors_total{reason=\"body_too_large\"} 1"), "{metrics}");
     assert!(metrics.contains("sparseburn_predict_errors_total{reason=\"too_many_instances\"} 1"), "{metrics}");
     assert!(metrics.contains("sparseburn_http_requests_total{endpoint=\"predict\",code=\"413\"} 2"), "{metrics}");

@@ -565,9 +565,18 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
     metrics.instances.fetch_add(n as u64, Relaxed);
     if columnar {
         // TF Serving answers the columnar format in kind: each output batched over the inputs.
-        let labels: Vec<&[String]> = predictions.iter().map(|p| p.labels.as_slice()).collect();
-        let scores: Vec<&[f32]> = predictions.iter().map(|p| p.scores.as_slice()).collect();
-        return json_response(StatusCode::OK, &json!({ "outputs": { "labels": labels, "scores": scores } }));
+        // Serialized directly (not through `json!`), so scores print as the same f32 as in the row format.
+        #[derive(Serialize)]
+        struct Columns<'a> {
+            labels: Vec<&'a [String]>,
+            scores: Vec<&'a [f32]>,
+        }
+        #[derive(Serialize)]
+        struct ColumnarReply<'a> {
+            outputs: Columns<'a>,
+        }
+        let outputs = Columns { labels: predictions.iter().map(|p| p.labels.as_slice()).collect(), scores: predictions.iter().map(|p| p.scores.as_slice()).collect() };
+        return json_response(StatusCode::OK, &ColumnarReply { outputs });
     }
     #[derive(Serialize)]
     struct Reply {
