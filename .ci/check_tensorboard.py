@@ -103,7 +103,7 @@ def list_session_groups(tensorboard, logdir, expected, timeout=120):
         "sliceSize": 1000,
         "includeMetrics": True,
     }).encode()
-    groups, deadline = None, time.time() + timeout
+    groups, last_error, deadline = None, None, time.time() + timeout
     try:
         while time.time() < deadline:
             time.sleep(1)
@@ -112,9 +112,15 @@ def list_session_groups(tensorboard, logdir, expected, timeout=120):
                 raise SystemExit(f"check_tensorboard: tensorboard exited: {log.read().decode(errors='replace')[-2000:]}")
             try:
                 url = f"http://127.0.0.1:{port}/data/plugin/hparams/session_groups"
-                with urllib.request.urlopen(urllib.request.Request(url, data=request, method="POST"), timeout=30) as r:
+                # The plugin reads the request from a JSON body (a form content type leaves it empty).
+                post = urllib.request.Request(url, data=request, method="POST", headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(post, timeout=30) as r:
                     groups = json.load(r).get("sessionGroups", [])
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except urllib.error.HTTPError as e:  # the server answered: a wrong request, not a slow start
+                last_error = f"HTTP {e.code}: {e.read().decode(errors='replace')[:500]}"
+                continue
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                last_error = str(e)
                 continue
             # Loading is asynchronous: wait until every run's session and metrics are in.
             if len(groups) >= expected and all(g.get("metricValues") for g in groups):
@@ -122,7 +128,9 @@ def list_session_groups(tensorboard, logdir, expected, timeout=120):
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return groups or []
+    if groups is None:
+        raise SystemExit(f"check_tensorboard: the HParams plugin never answered: {last_error}")
+    return groups
 
 
 def check_sessions(groups, expected, runs, logdir):
