@@ -12,7 +12,7 @@
 //!
 //! Bounds: a body larger than `max_body_bytes` → 413; more than `max_instances`
 //! instances → 413; more than `max_concurrency` predict requests at once → 429
-//! at once (no queue; the body is read away first, within the body limit and
+//! at once (no queue; the body is then read away, within the body limit and
 //! timeout, so a client still sending gets the 429 rather than a broken pipe);
 //! a request not answered within `request_timeout` → 408.
 //! A connection that does not deliver a request's headers within
@@ -486,9 +486,10 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
     // Admission first, before reading the body: beyond the limit, refuse at once.
     let Ok(permit) = app.permits.clone().try_acquire_owned() else {
         metrics.record_error("overloaded");
-        // Read the body away first (within the body limit and timeout, keeping none of it):
-        // closing on a client still sending would reach it as a broken pipe, not as this 429.
-        drain_body(request, app.config.max_body_bytes, app.config.body_timeout).await;
+        // Keep reading the body away after answering (within the body limit and timeout,
+        // keeping none of it): closing on a client still sending would reach it as a broken
+        // pipe instead of this 429, and waiting for a trickled body would delay the 429.
+        tokio::spawn(drain_body(request.into_body(), app.config.max_body_bytes, app.config.body_timeout));
         return error(StatusCode::TOO_MANY_REQUESTS, format!("too many concurrent requests (limit {}): retry later", app.config.max_concurrency));
     };
     metrics.in_flight.fetch_add(1, Relaxed);
@@ -586,9 +587,8 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
 }
 
 /// Reads and discards a request body: at most `limit` bytes, for at most `timeout`.
-async fn drain_body(request: Request, limit: usize, timeout: Duration) {
+async fn drain_body(mut body: axum::body::Body, limit: usize, timeout: Duration) {
     use axum::body::HttpBody;
-    let mut body = request.into_body();
     let mut seen = 0usize;
     let _ = tokio::time::timeout(timeout, async {
         while let Some(Ok(frame)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
