@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     let predictor = Arc::new(Predictor::load(&dir)?);
     let load = t.elapsed();
     let t = Instant::now();
-    let unverified = Predictor::load_with(&dir, &LoadOptions { verify_checksums: false })?;
+    let unverified = Predictor::load_with(&dir, &LoadOptions { verify_checksums: false, ..Default::default() })?;
     let load_unverified = t.elapsed();
     drop(unverified);
     println!(
@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         std::hint::black_box(p.predict(&batch[..1], 3));
     });
     let per_load_unverified = time_per_call(Duration::from_secs(1), || {
-        let p = Predictor::load_with(&dir, &LoadOptions { verify_checksums: false }).expect("load");
+        let p = Predictor::load_with(&dir, &LoadOptions { verify_checksums: false, ..Default::default() }).expect("load");
         std::hint::black_box(p.predict(&batch[..1], 3));
     });
     println!("resident predict: {} per text, {} per batch of 64 ({} per text)", fmt(per_text), fmt(per_batch), fmt(per_batch / 64));

@@ -238,9 +238,25 @@ impl Default for PlacementConfig {
     }
 }
 
+/// Where a config value came from: a file name, or a function of the key
+/// (a `--set` flag for the keys it set, the file for the rest).
+trait Origin {
+    fn of(&self, key: &str) -> String;
+}
+impl Origin for &str {
+    fn of(&self, _key: &str) -> String {
+        self.to_string()
+    }
+}
+impl Origin for &dyn Fn(&str) -> String {
+    fn of(&self, key: &str) -> String {
+        self(key)
+    }
+}
+
 /// A config error that names where it came from.
-fn at(source: &str, key: &str, msg: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("{source}: `{key}`: {msg}")
+fn at(source: impl Origin, key: &str, msg: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{}: `{key}`: {msg}", source.of(key))
 }
 
 impl Config {
@@ -258,23 +274,36 @@ impl Config {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
+        // A key set by `--set` is blamed on the flag, not on the file.
+        let origin = |key: &str| override_for(overrides, key).map_or_else(|| source.to_string(), |o| format!("--set {o}"));
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
             let key = e.path().to_string();
-            at(source, &key, e.into_inner())
+            at(origin(&key).as_str(), &key, e.into_inner())
         })?;
         let mut config = config;
         if let Some(lr) = config.optimizer.lr.take() {
             config.optimizer.table.set_lr(lr);
             config.optimizer.head.lr = lr;
         }
-        config.validate(source)?;
+        config.validate_from(&origin as &dyn Fn(&str) -> String)?;
         Ok(config)
     }
 
     /// Checks values serde cannot: ranges, and that data files exist.
     pub fn validate(&self, source: &str) -> anyhow::Result<()> {
+        self.validate_from(&|_| source.to_string())
+    }
+
+    /// [`Config::validate`], with errors about `key` blamed on `origin(key)` (the file or a `--set`).
+    fn validate_from(&self, origin: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
+        let source = origin;
         let positive = |key: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(at(source, key, format!("must be a positive number, got {v}"))) };
         let unit = |key: &str, v: f64| if (0.0..1.0).contains(&v) { Ok(()) } else { Err(at(source, key, format!("must be in [0, 1), got {v}"))) };
+        check_name(&self.experiment.name).map_err(|m| at(source, "experiment.name", m))?;
+        check_name(&self.experiment.arm).map_err(|m| at(source, "experiment.arm", m))?;
+        if self.train.threads > MAX_THREADS {
+            bail!(at(source, "train.threads", format!("{} is too many (at most {MAX_THREADS}; 0 = all cores)", self.train.threads)));
+        }
         if self.data.train.as_os_str().is_empty() {
             bail!(at(source, "data.train", "missing: the training data file is required"));
         }
@@ -344,6 +373,27 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises to TOML")
     }
+}
+
+/// The most worker threads `train.threads` accepts.
+pub const MAX_THREADS: usize = 4096;
+
+/// `experiment.name` and `.arm` become folder names under `logging.dir`:
+/// one plain component each, so a run can never land outside it.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(format!("{name:?} must be a plain folder name (no path separators, not \".\" or \"..\")"));
+    }
+    Ok(())
+}
+
+/// The last `--set` that assigned `key`, a section above it, or a key inside it.
+fn override_for<'a>(overrides: &'a [String], key: &str) -> Option<&'a str> {
+    let within = |outer: &str, inner: &str| inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.'));
+    overrides.iter().rev().map(String::as_str).find(|o| {
+        let set = o.split_once('=').map_or(*o, |(k, _)| k).trim();
+        !key.is_empty() && (within(set, key) || within(key, set))
+    })
 }
 
 /// Applies `a.b.c=value` to the table. The value is parsed as TOML (so

@@ -104,13 +104,20 @@ pub struct Manifest {
     pub tokenizer: TokenizerConfig,
     pub vocab: VocabInfo,
     pub model: ModelInfo,
+    /// How text becomes a prediction, spelled out for readers in other languages
+    /// (`examples/python/predict.py`). Bundles from before it was recorded used
+    /// exactly these definitions.
+    #[serde(default)]
+    pub definition: Definition,
     /// File name → checksum and size, for every file of the bundle but the manifest.
     pub files: BTreeMap<String, FileInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourceInfo {
-    pub run_dir: String,
+    /// The run folder's name (e.g. `lazy_adam-1`): no path from the training machine.
+    #[serde(default)]
+    pub run: String,
     /// The checkpoint folder name, e.g. `step-00000570`.
     pub checkpoint: String,
     pub step: u64,
@@ -152,6 +159,88 @@ pub struct ModelInfo {
 pub struct LayerShape {
     pub input: usize,
     pub output: usize,
+}
+
+/// The featurizer, pooling and head as data: everything a reader needs, next
+/// to `tokenizer`, `vocab` and `model`, to turn a text into probabilities.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    pub tokens: TokenDefinition,
+    pub hash: HashDefinition,
+    pub rows: RowDefinition,
+    pub pooling: String,
+    pub head: HeadDefinition,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenDefinition {
+    /// `alphanumeric_runs`: tokens are maximal runs of characters that are Unicode
+    /// Alphabetic or Numeric (general category Nd, Nl, No); every other character separates.
+    pub split: String,
+    /// Applied to each token after splitting when `tokenizer.lowercase`: Unicode full lowercase.
+    pub lowercase: String,
+    /// `tokenizer.max_tokens`: the first that many tokens are kept (0 = all), before n-grams.
+    pub max_tokens: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HashDefinition {
+    /// `fnv1a_64` over the token's UTF-8 bytes.
+    pub function: String,
+    /// FNV offset basis and prime, as decimal u64.
+    pub offset_basis: u64,
+    pub prime: u64,
+    /// n-gram `t1..tn`: `h = n; h = h * multiplier + fnv(t_i)` for each token, wrapping u64.
+    pub ngram_multiplier: u64,
+    pub ngram: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RowDefinition {
+    pub word: String,
+    pub oov: String,
+    pub ngrams: String,
+    pub order: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadDefinition {
+    /// `[in, out]`: a layer computes `y = x @ weight + bias`.
+    pub weight_layout: String,
+    /// Between consecutive layers (none after the last).
+    pub activation: String,
+    pub output: String,
+}
+
+impl Default for Definition {
+    fn default() -> Self {
+        Definition {
+            tokens: TokenDefinition {
+                split: "alphanumeric_runs".into(),
+                lowercase: "unicode_full_lowercase_per_token".into(),
+                max_tokens: "keep_first_n_tokens_0_is_all".into(),
+            },
+            hash: HashDefinition {
+                function: "fnv1a_64_utf8".into(),
+                offset_basis: 0xcbf2_9ce4_8422_2325,
+                prime: 0x0000_0100_0000_01b3,
+                ngram_multiplier: 116_049_371,
+                ngram: "h = n; for each token t: h = h * ngram_multiplier + fnv(t) (wrapping u64)".into(),
+            },
+            rows: RowDefinition {
+                word: "a token on line i (0-based) of vocab.txt is row i".into(),
+                oov: "any other token is row vocab.size + fnv(token) % vocab.buckets (dropped when buckets = 0)".into(),
+                ngrams: "for n = 2..=vocab.ngrams, each window of n consecutive tokens is row vocab.size + h % vocab.buckets (none when buckets = 0)".into(),
+                order: "tokens in text order, then all 2-grams, then all 3-grams, ...; pooled by f32 addition in this order".into(),
+            },
+            pooling: "the rows summed in f32 in row order, times an f32 scale: mean 1/count, sum 1, sqrtn 1/sqrt(count); no rows: zeros".into(),
+            head: HeadDefinition {
+                weight_layout: "[in, out]".into(),
+                activation: "relu".into(),
+                output: "softmax over the logits; logit i is labels[i]".into(),
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,11 +295,11 @@ pub fn export_next_version(run_dir: &Path, base: &Path) -> anyhow::Result<PathBu
 }
 
 fn export_next_version_with(run_dir: &Path, base: &Path, options: &ExportOptions) -> anyhow::Result<PathBuf> {
-    let mut staged = stage(run_dir, base, options)?;
+    let staged = stage(run_dir, base, options)?;
     // Another export may claim the same number between the scan and the rename: take the next one.
     for _ in 0..100 {
         let out = base.join(next_version(base)?.to_string());
-        match staged.publish(&out) {
+        match publish_new(&staged, &out) {
             Ok(()) => return Ok(out),
             Err(e) if out.exists() => log::debug!("{}: taken meanwhile ({e:#}), trying the next version", out.display()),
             Err(e) => return Err(e),
@@ -221,7 +310,8 @@ fn export_next_version_with(run_dir: &Path, base: &Path, options: &ExportOptions
 
 /// [`export_run`] with options.
 pub fn export_with(run_dir: &Path, out: &Path, options: &ExportOptions) -> anyhow::Result<PathBuf> {
-    if out.exists() {
+    let existed = out.exists();
+    if existed {
         if !options.force {
             bail!("{} already exists: export to a new version folder, or pass --force to replace it", out.display());
         }
@@ -231,12 +321,47 @@ pub fn export_with(run_dir: &Path, out: &Path, options: &ExportOptions) -> anyho
     }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut staged = stage(run_dir, parent, options)?;
-    if out.exists() {
+    if existed {
         staged.replace(out)?;
     } else {
-        staged.publish(out)?;
+        // Not there at the start: if another export put a bundle there meanwhile, fail rather than replace it.
+        publish_new(&staged, out)?;
     }
     Ok(out.to_path_buf())
+}
+
+/// Renames the staged bundle to `out` only if nothing is there, in one step
+/// (Linux `renameat2(RENAME_NOREPLACE)`): of two exports racing to one folder,
+/// exactly one succeeds and the other fails naming it.
+fn publish_new(staged: &StagingDir, out: &Path) -> anyhow::Result<()> {
+    match rename_no_replace(staged.path(), out) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists || out.exists() => {
+            bail!("{} already exists: another export created it meanwhile (nothing was replaced)", out.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot rename {} into {}", staged.path().display(), out.display())),
+    }
+    // The staging folder is gone from its old name; dropping `staged` later finds nothing to delete there.
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::File::open(parent) {
+        let _ = d.sync_all(); // makes the rename durable
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE).map_err(std::io::Error::from)
+}
+
+/// Elsewhere: a plain rename, which fails onto a non-empty folder (only an empty one could be replaced).
+#[cfg(not(target_os = "linux"))]
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    if to.exists() {
+        return Err(std::io::ErrorKind::AlreadyExists.into());
+    }
+    std::fs::rename(from, to)
 }
 
 /// The numeric version of a bundle folder (`models/sotu/3` → 3): ASCII digits only.
@@ -336,7 +461,7 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
         sparseburn_version: env!("CARGO_PKG_VERSION").to_string(),
         created: rfc3339_utc(std::time::SystemTime::now()),
         source: SourceInfo {
-            run_dir: std::fs::canonicalize(run_dir).unwrap_or_else(|_| run_dir.to_path_buf()).display().to_string(),
+            run: std::fs::canonicalize(run_dir).unwrap_or_else(|_| run_dir.to_path_buf()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             checkpoint: ckpt_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             step: ckpt.state.step,
             experiment: config.experiment.name.clone(),
@@ -357,6 +482,7 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
             pooling: config.model.pooling,
             head: head.layers.iter().map(|l| LayerShape { input: l.input, output: l.output }).collect(),
         },
+        definition: Definition::default(),
         files,
     };
     write_atomic(&dir.join(MANIFEST_FILE), |w| serde_json::to_writer_pretty(&mut *w, &manifest).map_err(std::io::Error::other))?;
@@ -400,6 +526,31 @@ mod tests {
         assert_eq!(rfc3339_utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339_utc(UNIX_EPOCH + Duration::from_secs(1_714_566_896)), "2024-05-01T12:34:56Z");
+    }
+
+    /// Row ids computed from nothing but the manifest's definition (as a foreign
+    /// reader would) equal the featurizer's: the definition cannot drift from the code.
+    #[test]
+    fn the_definition_reproduces_the_featurizer() {
+        use crate::data::{Featurizer, Tokenizer, TokenizerConfig, Vocab, VocabConfig};
+        let d = Definition::default();
+        let fnv = |s: &str| s.bytes().fold(d.hash.offset_basis, |h, b| (h ^ b as u64).wrapping_mul(d.hash.prime));
+        let words = ["the", "war", "ünïon"];
+        let vocab_config = VocabConfig { min_count: 1, max_size: 0, buckets: 997, ngrams: 3 };
+        let vocab = Vocab::from_counts(words.iter().enumerate().map(|(i, w)| (w.to_string(), 10 - i as u64)).collect(), &vocab_config);
+        let tokenizer = TokenizerConfig { lowercase: true, max_tokens: 6 };
+        let featurizer = Featurizer::new(Tokenizer::new(tokenizer), vocab.clone(), &vocab_config);
+        let text = "The WAR, the Ünïon—and 1812's peace! (ignored past six tokens)";
+        let tokens: Vec<String> = text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).take(6).map(str::to_lowercase).collect();
+        let bucket = |h: u64| (vocab.len() as u64 + h % vocab_config.buckets) as u32;
+        let mut want: Vec<u32> = tokens.iter().map(|t| vocab.get(t).unwrap_or_else(|| bucket(fnv(t)))).collect();
+        for n in 2..=vocab_config.ngrams {
+            for w in tokens.windows(n) {
+                want.push(bucket(w.iter().fold(n as u64, |h, t| h.wrapping_mul(d.hash.ngram_multiplier).wrapping_add(fnv(t)))));
+            }
+        }
+        assert_eq!(tokens.len(), 6);
+        assert_eq!(featurizer.features(text), want);
     }
 
     #[test]

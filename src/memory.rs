@@ -28,29 +28,37 @@ const F32: u64 = 4;
 
 impl MemoryPlan {
     /// The plan for a `rows`-row table, this head, and `dataset_ids` encoded ids in memory.
+    ///
+    /// Sizes that overflow 64 bits (e.g. `model.dim = 2^62`) saturate at
+    /// `u64::MAX`, so [`MemoryPlan::check`] refuses them with the numbers
+    /// instead of an allocation panicking later.
     pub fn new(config: &Config, rows: usize, head: &HeadConfig, dataset_ids: u64, dense: DenseDevice) -> Self {
         let dim = config.model.dim as u64;
         let batch = config.train.batch_size as u64;
         let host = TABLE_DEVICE.to_string();
         let dense_name = dense.tf_name();
-        let params: u64 = head.layer_shapes().iter().map(|&(i, o)| (i * o + o) as u64).sum();
-        let widths: u64 = head.layer_shapes().iter().map(|&(_, o)| o as u64).sum::<u64>() + dim;
+        let shapes = head.layer_shapes();
+        let params = shapes.iter().fold(0u64, |sum, &(i, o)| sum.saturating_add(mul(&[i as u64, o as u64]).saturating_add(o as u64)));
+        let widths = shapes.iter().fold(dim, |sum, &(_, o)| sum.saturating_add(o as u64));
+        let table = mul(&[rows as u64, dim, F32]);
+        // The optimizer's own count wraps on such sizes; any table that large is refused anyway.
+        let table_state = if table == u64::MAX { u64::MAX } else { config.optimizer.table.state_bytes(rows, config.model.dim) };
         let items = vec![
-            MemoryItem { device: host.clone(), what: "embedding table", bytes: rows as u64 * dim * F32 },
-            MemoryItem { device: host.clone(), what: "table optimizer state", bytes: config.optimizer.table.state_bytes(rows, config.model.dim) },
-            MemoryItem { device: host.clone(), what: "encoded datasets", bytes: dataset_ids * 4 },
+            MemoryItem { device: host.clone(), what: "embedding table", bytes: table },
+            MemoryItem { device: host.clone(), what: "table optimizer state", bytes: table_state },
+            MemoryItem { device: host.clone(), what: "encoded datasets", bytes: mul(&[dataset_ids, 4]) },
             // Pooled activations and their gradient, on the host for the bag.
-            MemoryItem { device: host, what: "bag activations", bytes: 2 * batch * dim * F32 },
+            MemoryItem { device: host, what: "bag activations", bytes: mul(&[2, batch, dim, F32]) },
             // Weights, gradients, and Adam's two moments.
-            MemoryItem { device: dense_name.clone(), what: "head parameters + grads + Adam state", bytes: 4 * params * F32 },
+            MemoryItem { device: dense_name.clone(), what: "head parameters + grads + Adam state", bytes: mul(&[4, params, F32]) },
             // Every layer's output and its gradient for one batch.
-            MemoryItem { device: dense_name, what: "head activations", bytes: 2 * batch * widths * F32 },
+            MemoryItem { device: dense_name, what: "head activations", bytes: mul(&[2, batch, widths, F32]) },
         ];
         MemoryPlan { items }
     }
 
     pub fn bytes_on(&self, device: &str) -> u64 {
-        self.items.iter().filter(|i| i.device == device).map(|i| i.bytes).sum()
+        self.items.iter().filter(|i| i.device == device).fold(0u64, |sum, i| sum.saturating_add(i.bytes))
     }
 
     /// One line per device with its items, for the start-of-run log.
@@ -72,6 +80,17 @@ impl MemoryPlan {
     pub fn check(&self, config: &Config, dense: DenseDevice) -> anyhow::Result<()> {
         let host = self.bytes_on(TABLE_DEVICE);
         let hint = "lower vocab.buckets or model.dim, or use a smaller optimizer state (bias_correction, weight_decay)";
+        if let Some(item) = self.items.iter().find(|i| i.bytes == u64::MAX) {
+            bail!(
+                "memory plan: the {} on {} would need more than 2^64 bytes (model.dim = {}, model.hidden = {:?}, train.batch_size = {}): {}",
+                item.what,
+                item.device,
+                config.model.dim,
+                config.model.hidden,
+                config.train.batch_size,
+                self.describe()
+            );
+        }
         if let Some(max) = config.memory.host_max_gb
             && gb(host) > max
         {
@@ -102,10 +121,16 @@ impl MemoryPlan {
     }
 }
 
+/// The product, or `u64::MAX` when it does not fit.
+fn mul(factors: &[u64]) -> u64 {
+    factors.iter().try_fold(1u64, |p, &f| p.checked_mul(f)).unwrap_or(u64::MAX)
+}
+
 /// `bytes` in decimal units (the `*_gb` budgets are decimal GB), precise
 /// enough that small GPU parts do not all read "0.000 GB".
 pub fn size(bytes: u64) -> String {
     match bytes {
+        u64::MAX => "> 18.4 EB".to_string(),
         b if b >= 1_000_000_000 => format!("{:.3} GB", b as f64 / 1e9),
         b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
         b if b >= 1_000 => format!("{:.1} kB", b as f64 / 1e3),

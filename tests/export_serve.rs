@@ -152,7 +152,76 @@ fn export_writes_a_self_contained_verified_bundle() {
     assert_eq!(w.data(), bytemuck::cast_slice::<f32, u8>(&head.layers[0].weight));
     assert_eq!(st.tensor("head.0.bias").unwrap().data(), bytemuck::cast_slice::<f32, u8>(&head.layers[0].bias));
 
-    assert!(Predictor::load(&out).unwrap().table_is_mapped());
+    // A small table is copied into memory; above the threshold it is mapped in place.
+    assert!(!Predictor::load(&out).unwrap().table_is_mapped());
+    assert!(Predictor::load_with(&out, &LoadOptions { copy_table_max_bytes: 0, ..Default::default() }).unwrap().table_is_mapped());
+}
+
+#[test]
+fn the_manifest_holds_no_training_paths_and_spells_out_the_computation() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = export_to(&tmp.path().join("1"), None);
+    let text = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    let manifest: Value = serde_json::from_str(&text).unwrap();
+    // No path of the training machine anywhere in it.
+    let root = f.run_dir.canonicalize().unwrap();
+    for path in [root.as_path(), root.parent().unwrap(), Path::new(env!("CARGO_MANIFEST_DIR"))] {
+        assert!(!text.contains(path.to_str().unwrap()), "manifest mentions {}: {text}", path.display());
+    }
+    assert!(manifest["source"].get("run_dir").is_none(), "{text}");
+    assert_eq!(manifest["source"]["run"], "run");
+    // The definition a foreign reader follows (examples/python/predict.py).
+    let d = &manifest["definition"];
+    assert_eq!(d["tokens"]["split"], "alphanumeric_runs");
+    assert_eq!(d["hash"]["function"], "fnv1a_64_utf8");
+    assert_eq!(d["hash"]["offset_basis"].as_u64(), Some(0xcbf29ce484222325));
+    assert_eq!(d["hash"]["prime"].as_u64(), Some(0x100000001b3));
+    assert_eq!(d["hash"]["ngram_multiplier"].as_u64(), Some(116049371));
+    assert_eq!(d["head"]["weight_layout"], "[in, out]");
+    assert_eq!(d["head"]["activation"], "relu");
+    assert!(d["pooling"].as_str().unwrap().contains("mean"));
+    // Old manifests (before the definition was recorded) still load, with the same definition.
+    let mut old: Value = manifest.clone();
+    old.as_object_mut().unwrap().remove("definition");
+    old["source"].as_object_mut().unwrap().remove("run");
+    old["source"]["run_dir"] = json!("/home/someone/runs/x");
+    let parsed: Manifest = serde_json::from_value(old).unwrap();
+    assert_eq!(serde_json::to_value(&parsed.definition).unwrap(), *d);
+}
+
+#[test]
+fn concurrent_exports_to_one_folder_never_replace_each_other() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sotu/1");
+    // Two different checkpoints, so the bundle left shows whose export won.
+    let barrier = std::sync::Barrier::new(4);
+    let results: Vec<(usize, Result<PathBuf, String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let (out, barrier) = (&out, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let options = ExportOptions { checkpoint: Some(f.checkpoints[i % 2].clone()), force: false };
+                    (i, export::export_with(&f.run_dir, out, &options).map_err(|e| format!("{e:#}")))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<usize> = results.iter().filter(|(_, r)| r.is_ok()).map(|(i, _)| *i).collect();
+    assert_eq!(winners.len(), 1, "exactly one export may create the folder: {results:?}");
+    for (_, r) in &results {
+        if let Err(e) = r {
+            assert!(e.contains("already exists"), "{e}");
+        }
+    }
+    // The folder holds the winner's bundle, complete, and nothing is left beside it.
+    let manifest = Manifest::read(&out).unwrap();
+    assert_eq!(manifest.source.checkpoint, f.checkpoints[winners[0] % 2].file_name().unwrap().to_str().unwrap());
+    assert!(Predictor::load(&out).is_ok());
+    assert_eq!(files_in(&tmp.path().join("sotu")), BTreeSet::from(["1".to_string()]));
 }
 
 #[test]
@@ -292,7 +361,7 @@ fn load_rejects_corrupt_truncated_and_newer_bundles() {
     let err = err_of(Predictor::load(&dir));
     assert!(err.contains("model.safetensors") && err.contains("checksum mismatch"), "{err}");
     // Without hashing the flip goes unseen (documented): the size still matches.
-    assert!(Predictor::load_with(&dir, &LoadOptions { verify_checksums: false }).is_ok());
+    assert!(Predictor::load_with(&dir, &LoadOptions { verify_checksums: false, ..Default::default() }).is_ok());
 
     // Truncated: caught by the size check, with or without hashing.
     let dir = fresh("truncated");
@@ -300,7 +369,7 @@ fn load_rejects_corrupt_truncated_and_newer_bundles() {
     let len = std::fs::metadata(&model).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&model).unwrap().set_len(len - 1000).unwrap();
     for verify in [true, false] {
-        let err = err_of(Predictor::load_with(&dir, &LoadOptions { verify_checksums: verify }));
+        let err = err_of(Predictor::load_with(&dir, &LoadOptions { verify_checksums: verify, ..Default::default() }));
         assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
     }
 
@@ -540,7 +609,8 @@ fn http_rejects_bad_requests_with_json_errors() {
         (p, "{not json".into(), 400, "malformed JSON"),
         (p, "".into(), 400, "malformed JSON"),
         (p, "[\"a\"]".into(), 400, "expected a JSON object"),
-        (p, r#"{"inputs": ["a"]}"#.into(), 400, "\"inputs\" format is not supported"),
+        (p, r#"{"inputs": ["a"], "instances": ["a"]}"#.into(), 400, "either \"instances\" (row format) or \"inputs\" (columnar format), not both"),
+        (p, r#"{"inputs": [["a"]]}"#.into(), 400, "inputs[0] must be a string"),
         (p, r#"{"instances": "a"}"#.into(), 400, "must be a list"),
         (p, r#"{"instances": [["a"]]}"#.into(), 400, "instances[0] must be a string"),
         (p, r#"{"instances": [{"text": 3}]}"#.into(), 400, "instances[0].text must be a string"),
@@ -568,7 +638,7 @@ fn http_rejects_bad_requests_with_json_errors() {
     let (status, _) = post(&c, &server, p, r#"{"instances": ["still fine"]}"#);
     assert_eq!(status, 200);
     let metrics = get(&c, &server, "/metrics").1;
-    assert!(metrics.contains("sparseburn_predict_errors_total{reason=\"bad_request\"} 9"), "{metrics}");
+    assert!(metrics.contains("sparseburn_predict_errors_total{reason=\"bad_request\"} 10"), "{metrics}");
     assert!(metrics.contains("sparseburn_predict_errors_total{reason=\"body_too_large\"} 1"), "{metrics}");
     assert!(metrics.contains("sparseburn_predict_errors_total{reason=\"too_many_instances\"} 1"), "{metrics}");
     assert!(metrics.contains("sparseburn_http_requests_total{endpoint=\"predict\",code=\"413\"} 2"), "{metrics}");
@@ -731,4 +801,132 @@ fn http_shutdown_finishes_in_flight_requests() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     stopper.join().unwrap().unwrap();
     assert!(TcpStream::connect(addr).is_err(), "the listener is closed after shutdown");
+}
+
+#[test]
+fn http_accepts_tf_servings_columnar_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("sotu");
+    export_to(&base.join("1"), None);
+    let server = Server::start(server_config(&base), "127.0.0.1:0", false).unwrap();
+    let c = client();
+    let texts = ["the war in europe", "we must balance the budget", ""];
+    let (status, rows) = post(&c, &server, "/v1/models/sotu:predict", json!({ "instances": texts, "top_k": 2 }).to_string());
+    assert_eq!(status, 200, "{rows}");
+    for body in [json!({ "inputs": texts, "top_k": 2 }), json!({ "inputs": { "text": texts }, "top_k": 2 })] {
+        let (status, cols) = post(&c, &server, "/v1/models/sotu:predict", body.to_string());
+        assert_eq!(status, 200, "{cols}");
+        // Columnar in, columnar out: each output batched over the inputs, in input order.
+        for (i, row) in rows["predictions"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(cols["outputs"]["labels"][i], row["labels"], "{cols}");
+            assert_eq!(cols["outputs"]["scores"][i], row["scores"], "{cols}");
+        }
+        assert_eq!(cols["outputs"]["labels"].as_array().unwrap().len(), texts.len());
+    }
+    let (status, reply) = post(&c, &server, "/v1/models/sotu:predict", json!({ "instances": ["a"], "inputs": ["a"] }).to_string());
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("not both"), "{reply}");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_client_sending_a_big_body_at_the_concurrency_limit_reads_its_429() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("sotu");
+    export_to(&base.join("1"), None);
+    let c = client();
+    let config = ServerConfig { max_concurrency: 1, body_timeout: Duration::from_secs(60), ..server_config(&base) };
+    let server = Server::start(config, "127.0.0.1:0", false).unwrap();
+    let held = hold_request(&c, &server);
+    // 1 MB of instances, under the 4 MiB body limit: written in full, then answered.
+    let body = json!({ "instances": vec!["the war in europe and the budget"; 30_000] }).to_string();
+    assert!(body.len() > 1_000_000);
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "POST /v1/models/sotu:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    stream.write_all(body.as_bytes()).expect("the whole body is accepted, not cut off by a closed connection");
+    let response = read_response(stream);
+    assert!(response.starts_with("HTTP/1.1 429"), "{response}");
+    assert!(response.contains("too many concurrent requests"), "{response}");
+    assert!(finish_and_read(held).starts_with("HTTP/1.1 200"));
+    server.shutdown().unwrap();
+}
+
+/// Writes `bytes` over `path` at `offset` in place (same inode, no truncation).
+fn overwrite_in_place(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, offset).unwrap();
+    file.sync_all().unwrap();
+}
+
+/// The byte range of the table's data in a bundle's model file.
+fn table_range(model: &Path) -> std::ops::Range<u64> {
+    let bytes = std::fs::read(model).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    let meta: Value = serde_json::from_slice(&bytes[8..8 + header as usize]).unwrap();
+    let offsets = &meta["table"]["data_offsets"];
+    let start = 8 + header + offsets[0].as_u64().unwrap();
+    start..8 + header + offsets[1].as_u64().unwrap()
+}
+
+#[test]
+fn serving_survives_bundle_files_changed_in_place() {
+    let text = "the war in europe and the budget";
+    let body = json!({ "instances": [text], "top_k": 0 }).to_string();
+    let c = client();
+
+    // A table copied into memory: truncation and a same-size overwrite change nothing served.
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("sotu");
+    let dir = export_to(&base.join("1"), None);
+    let model = dir.join("model.safetensors");
+    let want = Predictor::load(&dir).unwrap().predict_one(text, 0);
+    let server = Server::start(server_config(&base), "127.0.0.1:0", false).unwrap();
+    let (status, before) = post(&c, &server, "/v1/models/sotu:predict", body.clone());
+    assert_eq!(status, 200);
+    assert_eq!(before["predictions"][0]["labels"], json!(want.labels));
+    let range = table_range(&model);
+    overwrite_in_place(&model, range.start, &vec![0x7f; (range.end - range.start) as usize]);
+    server.poll_now();
+    let (status, after) = post(&c, &server, "/v1/models/sotu:predict", body.clone());
+    assert_eq!((status, &after), (200, &before), "a same-size overwrite must not change answers");
+    std::fs::OpenOptions::new().write(true).open(&model).unwrap().set_len(1000).unwrap();
+    server.poll_now();
+    for _ in 0..3 {
+        let (status, after) = post(&c, &server, "/v1/models/sotu:predict", body.clone());
+        assert_eq!((status, &after), (200, &before), "after truncation");
+    }
+    assert_eq!(server.version(), Some(1), "the verified copy keeps serving");
+    server.shutdown().unwrap();
+
+    // A memory-mapped table: a change in place unloads it (503), the process lives,
+    // and the next good version is served.
+    for change in ["overwrite", "truncate"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("sotu");
+        let dir = export_to(&base.join("1"), None);
+        let model = dir.join("model.safetensors");
+        // A long poll interval: the request itself must notice the change.
+        let config = ServerConfig { copy_table_max_bytes: 0, poll_interval: Duration::from_secs(3600), ..server_config(&base) };
+        let server = Server::start(config, "127.0.0.1:0", false).unwrap();
+        assert_eq!(post(&c, &server, "/v1/models/sotu:predict", body.clone()), (200, before.clone()));
+        let range = table_range(&model);
+        match change {
+            "overwrite" => overwrite_in_place(&model, range.start, &vec![0x7f; (range.end - range.start) as usize]),
+            _ => std::fs::OpenOptions::new().write(true).open(&model).unwrap().set_len(1000).unwrap(),
+        }
+        let (status, reply) = post(&c, &server, "/v1/models/sotu:predict", body.clone());
+        assert_eq!(status, 503, "{change}: {reply}");
+        assert!(reply["error"].as_str().unwrap().contains("changed on disk"), "{reply}");
+        assert_eq!(server.version(), None, "{change}: unloaded");
+        assert_eq!(get(&c, &server, "/health").0, 503);
+        // Polling tries the changed version (it no longer verifies) and serves nothing from it.
+        assert_eq!(server.poll_now(), None);
+        assert_eq!(post(&c, &server, "/v1/models/sotu:predict", body.clone()).0, 503);
+        export_to(&base.join("2"), None);
+        assert_eq!(server.poll_now(), Some(2));
+        assert_eq!(post(&c, &server, "/v1/models/sotu:predict", body.clone()), (200, before.clone()));
+        server.shutdown().unwrap();
+    }
 }

@@ -121,6 +121,11 @@ fn hparams_data(value: &Summary_Value) -> HParamsPluginData {
 
 // ---------------------------------------------------------------- fixtures
 
+/// A log dir above every test folder (tests that check group names pass their own).
+fn tmp_log_dir() -> &'static Path {
+    Path::new("/")
+}
+
 fn spec(dense_device: &str) -> GraphSpec {
     GraphSpec {
         table_rows: 5_000_000_000,
@@ -172,7 +177,7 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
 fn scalars_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("nested/run");
-    let mut summary = RunSummary::create(&run).unwrap();
+    let mut summary = RunSummary::create(&run, tmp_log_dir()).unwrap();
     let expected: Vec<(u64, f32)> = (0..50).map(|s| (s * 10, 1.0 / (s as f32 + 1.0))).collect();
     for &(step, value) in &expected {
         summary.scalar("train/loss", value, step);
@@ -194,7 +199,7 @@ fn scalars_round_trip() {
 #[test]
 fn histogram_statistics() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut summary = RunSummary::create(tmp.path()).unwrap();
+    let mut summary = RunSummary::create(tmp.path(), tmp_log_dir()).unwrap();
     let mut vals = noise(10_000, 7);
     vals.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY]);
     summary.histogram("weights/table", &vals, 3);
@@ -254,7 +259,7 @@ fn histogram_statistics() {
 #[test]
 fn text_summary() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut summary = RunSummary::create(tmp.path()).unwrap();
+    let mut summary = RunSummary::create(tmp.path(), tmp_log_dir()).unwrap();
     let markdown = "| label | f1 |\n|---|---|\n| spam | 0.9 |\n\n**ünïcode** ok";
     summary.text("eval/report", markdown, 12);
     summary.close();
@@ -384,11 +389,17 @@ fn graph_nodes_match_the_spec() {
             n.get_name()
         );
         assert!(
-            n.get_attr().contains_key("T") || n.get_attr().contains_key("dtype"),
+            n.get_attr().contains_key("T")
+                || n.get_attr().contains_key("dtype")
+                || n.get_op() == "NoOp",
             "{}",
             n.get_name()
         );
         for input in n.get_input() {
+            if let Some(control) = input.strip_prefix('^') {
+                assert!(names.contains_key(control), "{} waits for missing {input}", n.get_name());
+                continue;
+            }
             let (src, port) = input
                 .split_once(':')
                 .map_or((input.as_str(), 0), |(s, p)| (s, p.parse().unwrap()));
@@ -412,6 +423,143 @@ fn graph_nodes_match_the_spec() {
         output_shapes(node(&fixed, "embedding/bag_pool")),
         vec![vec![256, 64]]
     );
+}
+
+/// Control inputs of a node (`^name`), without the caret.
+fn control_inputs(node: &NodeDef) -> Vec<&str> {
+    node.get_input()
+        .iter()
+        .filter_map(|i| i.strip_prefix('^'))
+        .collect()
+}
+
+/// Every node that must run before `name`: data and control inputs, transitively.
+fn ancestors<'a>(graph: &'a GraphDef, name: &str) -> std::collections::BTreeSet<&'a str> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![node(graph, name)];
+    while let Some(n) = todo.pop() {
+        for input in n.get_input() {
+            let src = input.trim_start_matches('^');
+            let src = src.split_once(':').map_or(src, |(s, _)| s);
+            let src = node(graph, src);
+            if seen.insert(src.get_name()) {
+                todo.push(src);
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn the_step_order_is_in_the_graph_as_control_dependencies() {
+    let graph = build_graph(&spec("/device:GPU:0"));
+    // Control inputs come after data inputs, as TF requires.
+    for n in graph.get_node() {
+        let first_control = n.get_input().iter().position(|i| i.starts_with('^'));
+        if let Some(k) = first_control {
+            assert!(
+                n.get_input()[k..].iter().all(|i| i.starts_with('^')),
+                "{}: data input after a control input: {:?}",
+                n.get_name(),
+                n.get_input()
+            );
+        }
+    }
+    // Both optimizers wait for both backward passes; where a data edge already
+    // says so, no control edge repeats it (TF's control_dependencies skips those).
+    let lazy = node(&graph, "optimizer/lazy_adam");
+    assert_eq!(control_inputs(lazy), ["gradients/head_grad"]);
+    let adam = node(&graph, "optimizer/adam");
+    assert_eq!(control_inputs(adam), ["gradients/bag_pool_grad"]);
+    for opt in ["optimizer/lazy_adam", "optimizer/adam"] {
+        let before = ancestors(&graph, opt);
+        for grad in ["gradients/head_grad", "gradients/bag_pool_grad"] {
+            assert!(before.contains(grad), "{opt} runs after {grad}");
+        }
+    }
+    // The step ends after both optimizers.
+    let step = node(&graph, "train/step");
+    assert_eq!(step.get_op(), "NoOp");
+    assert_eq!(control_inputs(step), ["optimizer/lazy_adam", "optimizer/adam"]);
+    // The next step's lookup reads the table after this step's table update.
+    let next = node(&graph, "next_step/bag_pool");
+    assert_eq!(next.get_op(), "EmbeddingBag");
+    assert_eq!(next.get_input()[0], "embedding/table");
+    assert_eq!(control_inputs(next), ["optimizer/lazy_adam"]);
+    // Evaluation reads the table and every head parameter after the step.
+    let eval = node(&graph, "eval/evaluate");
+    assert_eq!(control_inputs(eval), ["train/step"]);
+    let before_eval = ancestors(&graph, "eval/evaluate");
+    for name in [
+        "embedding/table",
+        "head/linear_0/weight",
+        "head/linear_1/bias",
+        "optimizer/lazy_adam",
+        "optimizer/adam",
+    ] {
+        assert!(before_eval.contains(name), "evaluation runs after {name}");
+    }
+    // No cycle: the step's own lookup does not wait for its update.
+    assert!(
+        !ancestors(&graph, "embedding/bag_pool").contains("optimizer/lazy_adam"),
+        "the forward lookup precedes the update"
+    );
+    // The same holds with one optimizer algorithm for both (distinct node names).
+    let same = build_graph(&GraphSpec {
+        table_optimizer: "adam".into(),
+        ..spec("/device:CPU:0")
+    });
+    assert_eq!(
+        control_inputs(node(&same, "train/step")),
+        ["optimizer/adam_table", "optimizer/adam_head"]
+    );
+}
+
+#[test]
+fn every_run_is_its_own_hparams_session_group() {
+    // An A/B comparison: runs/<name>/<arm>/seed-<k>, and two experiments whose
+    // train runs share a folder name.
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = [
+        "ab/lazy_adam/seed-1",
+        "ab/lazy_adam/seed-2",
+        "ab/dense_adam/seed-1",
+        "ab/dense_adam/seed-2",
+        "quickstart/lazy_adam-1",
+        "other/lazy_adam-1",
+    ];
+    for run in runs {
+        let mut summary = RunSummary::create(&tmp.path().join(run), tmp.path()).unwrap();
+        assert_eq!(summary.group(), run);
+        summary.hparams(&[("lr".into(), HParamValue::Num(0.1))], &["eval/loss"]);
+        summary.close();
+    }
+    let groups: Vec<String> = runs
+        .iter()
+        .map(|run| {
+            let events = read_events(&tmp.path().join(run));
+            let start = tagged(&events, "_hparams_/session_start_info");
+            assert_eq!(start.len(), 1);
+            hparams_data(&start[0].1)
+                .get_session_start_info()
+                .get_group_name()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(groups, runs, "each run's group is its path under the log dir");
+    // A relative log dir spelled differently still gives the same name.
+    let cwd = std::env::current_dir().unwrap();
+    let rel = tempfile::tempdir_in(&cwd).unwrap();
+    let rel_name = rel.path().file_name().unwrap().to_owned();
+    let run = Path::new(&rel_name).join("exp/arm/seed-3");
+    let summary = RunSummary::create(&run, &Path::new(".").join(&rel_name)).unwrap();
+    assert_eq!(summary.group(), "exp/arm/seed-3");
+    summary.close();
+    // Outside the log dir: the whole path, still unique.
+    let outside = tmp.path().join("elsewhere/run");
+    let summary = RunSummary::create(&outside, &tmp.path().join("logs")).unwrap();
+    assert_eq!(Path::new(summary.group()), outside.canonicalize().unwrap());
+    summary.close();
 }
 
 #[test]
@@ -441,7 +589,7 @@ fn graph_bytes_are_deterministic() {
     let mut graphs = Vec::new();
     for steps in [1u64, 1000] {
         let dir = tmp.path().join(format!("steps_{steps}"));
-        let mut summary = RunSummary::create(&dir).unwrap();
+        let mut summary = RunSummary::create(&dir, tmp_log_dir()).unwrap();
         summary.graph(&spec);
         for step in 0..steps {
             summary.scalar("train/loss", 1.0 / (step + 1) as f32, step);
@@ -469,7 +617,7 @@ fn hparams_decode_to_the_given_values() {
         ("dim".to_string(), HParamValue::Num(64.0)),
         ("bias".to_string(), HParamValue::Bool(true)),
     ];
-    let mut summary = RunSummary::create(&run).unwrap();
+    let mut summary = RunSummary::create(&run, tmp.path()).unwrap();
     summary.hparams(&hparams, &["eval/accuracy", "eval/loss"]);
     summary.scalar("eval/accuracy", 0.9, 10);
     summary.close();
@@ -527,7 +675,7 @@ fn hparams_decode_to_the_given_values() {
 fn dropping_without_close_records_a_failed_session() {
     let tmp = tempfile::tempdir().unwrap();
     {
-        let mut summary = RunSummary::create(tmp.path()).unwrap();
+        let mut summary = RunSummary::create(tmp.path(), tmp_log_dir()).unwrap();
         summary.hparams(&[("lr".into(), HParamValue::Num(0.1))], &["eval/loss"]);
         summary.scalar("train/loss", 2.0, 1);
     }
@@ -589,8 +737,8 @@ fn projector_files_parse_back() {
 fn two_runs_in_the_same_second_do_not_interfere() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let mut a = RunSummary::create(&dir_a).unwrap();
-    let mut b = RunSummary::create(&dir_b).unwrap();
+    let mut a = RunSummary::create(&dir_a, tmp_log_dir()).unwrap();
+    let mut b = RunSummary::create(&dir_b, tmp_log_dir()).unwrap();
     for step in 0..100 {
         a.scalar("train/loss", step as f32, step);
         b.scalar("train/loss", -(step as f32), step);
@@ -610,19 +758,19 @@ fn two_runs_in_the_same_second_do_not_interfere() {
 #[test]
 fn one_writer_per_run_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let first = RunSummary::create(tmp.path()).unwrap();
+    let first = RunSummary::create(tmp.path(), tmp_log_dir()).unwrap();
     assert!(
-        RunSummary::create(tmp.path()).is_err(),
+        RunSummary::create(tmp.path(), tmp_log_dir()).is_err(),
         "a second live writer is refused"
     );
     assert!(
-        RunSummary::create(&tmp.path().join(".")).is_err(),
+        RunSummary::create(&tmp.path().join("."), tmp_log_dir()).is_err(),
         "also under another spelling"
     );
     first.close();
 
     // Reopening right away (same second) must not truncate the first file.
-    let mut again = RunSummary::create(tmp.path()).unwrap();
+    let mut again = RunSummary::create(tmp.path(), tmp_log_dir()).unwrap();
     again.scalar("resumed", 1.0, 1);
     again.close();
     let files = event_files(tmp.path());
@@ -636,7 +784,7 @@ fn unusable_run_dir_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("not_a_dir");
     std::fs::write(&file, "x").unwrap();
-    assert!(RunSummary::create(&file.join("run")).is_err());
+    assert!(RunSummary::create(&file.join("run"), tmp_log_dir()).is_err());
 }
 
 /// Writes a two-run A/B logdir (GPU vs CPU head) for `.ci/check_tensorboard.py`
@@ -653,7 +801,7 @@ fn demo_logdir() {
         ("b_adam", "adam", 0.001, "/device:CPU:0"),
     ] {
         let dir = root.join(name);
-        let mut summary = RunSummary::create(&dir).unwrap();
+        let mut summary = RunSummary::create(&dir, tmp_log_dir()).unwrap();
         summary.graph(&GraphSpec {
             table_optimizer: optimizer.into(),
             ..spec(device)
@@ -699,7 +847,7 @@ fn demo_logdir() {
 #[test]
 fn io_errors_never_panic() {
     if let Ok(dir) = std::env::var("SPARSEBURN_TB_FULL_DISK_DIR") {
-        let mut summary = RunSummary::create(Path::new(&dir)).unwrap();
+        let mut summary = RunSummary::create(Path::new(&dir), tmp_log_dir()).unwrap();
         summary.hparams(&[("lr".into(), HParamValue::Num(0.1))], &["eval/loss"]);
         for step in 0..20_000 {
             summary.scalar("train/loss", step as f32, step);

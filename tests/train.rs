@@ -169,3 +169,46 @@ fn test_labels_never_seen_in_training_count_as_errors() {
     assert_eq!(out.final_eval.examples, 2);
     assert!(out.final_eval.accuracy <= 0.5, "the unseen label can never be right");
 }
+
+#[test]
+fn a_bad_set_flag_is_blamed_on_the_flag_not_the_file() {
+    // An unknown key, a wrong type and a bad value, each set by a flag.
+    for (flag, key) in [("train.epoch=3", "train.epoch"), ("model.dim=\"big\"", "model.dim"), ("train.batch_size=0", "train.batch_size")] {
+        let e = config_error(MINIMAL, &[flag]);
+        assert!(e.starts_with(&format!("--set {flag}: `{key}`")), "{flag}: {e}");
+        assert!(!e.contains("test.toml"), "{flag}: the file is not to blame: {e}");
+    }
+    // The same mistakes in the file are still the file's, even next to an unrelated flag.
+    let e = config_error("[data]\ntrain = \"examples/data/sotu_era_600.tsv\"\n[train]\nepoch = 3\n", &["model.dim=8"]);
+    assert!(e.starts_with("test.toml: `train.epoch`"), "{e}");
+    let e = config_error("[data]\ntrain = \"examples/data/sotu_era_600.tsv\"\n[train]\nbatch_size = 0\n", &["train.epochs=2"]);
+    assert!(e.starts_with("test.toml: `train.batch_size`"), "{e}");
+}
+
+#[test]
+fn names_that_would_leave_the_log_dir_and_absurd_thread_counts_are_refused() {
+    for name in ["../../x", "a/b", "..", ".", "", "a\\\\b"] {
+        let e = config_error(MINIMAL, &[&format!("experiment.name=\"{name}\"")]);
+        assert!(e.contains("`experiment.name`") && e.contains("plain folder name"), "{name:?}: {e}");
+    }
+    let e = config_error(MINIMAL, &["experiment.arm=\"../up\""]);
+    assert!(e.contains("`experiment.arm`"), "{e}");
+    assert!(Config::from_toml(MINIMAL, "test.toml", None, &["experiment.name=\"my-exp_1.v2\"".into()]).is_ok());
+
+    let e = config_error(MINIMAL, &["train.threads=100000"]);
+    assert!(e.contains("`train.threads`") && e.contains("100000") && e.contains("4096"), "{e}");
+    assert_eq!(Config::from_toml(MINIMAL, "test.toml", None, &["train.threads=4096".into()]).unwrap().train.threads, 4096);
+}
+
+#[test]
+fn sizes_that_overflow_are_refused_by_the_memory_plan_not_a_panic() {
+    let huge = 1u64 << 62;
+    for (flag, what) in [(format!("model.dim={huge}"), "embedding table"), (format!("model.hidden=[{huge}]"), "head parameters")] {
+        let c = quickstart(&[&flag]);
+        let dir = tempfile::tempdir().unwrap();
+        let options = TrainOptions { run_dir: Some(dir.path().join("run")), ..Default::default() };
+        let result = std::panic::catch_unwind(|| train::train(&c, &options));
+        let e = format!("{:#}", result.unwrap_or_else(|_| panic!("{flag}: panicked")).expect_err("must be refused"));
+        assert!(e.contains("memory plan") && e.contains(what) && e.contains(&huge.to_string()), "{flag}: {e}");
+    }
+}

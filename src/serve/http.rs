@@ -2,7 +2,9 @@
 //!
 //! - `POST /v1/models/<name>:predict` (also `…/versions/<v>:predict`) with
 //!   `{"instances": ["text", …]}` or `{"instances": [{"text": …}, …]}` (and an
-//!   optional `"top_k"`) → `{"predictions": [{"labels": […], "scores": […]}, …]}`;
+//!   optional `"top_k"`) → `{"predictions": [{"labels": […], "scores": […]}, …]}`,
+//!   or TF Serving's columnar `{"inputs": ["text", …]}` (or `{"inputs": {"text": […]}}`)
+//!   → `{"outputs": {"labels": [[…], …], "scores": [[…], …]}}`; both at once → 400;
 //! - `GET /v1/models/<name>` (and `…/versions/<v>`) → `{"model_version_status": […]}`;
 //! - `GET /v1/models/<name>/metadata` → the bundle's manifest;
 //! - `GET /health` → 200 once a version is loaded, 503 before;
@@ -10,7 +12,9 @@
 //!
 //! Bounds: a body larger than `max_body_bytes` → 413; more than `max_instances`
 //! instances → 413; more than `max_concurrency` predict requests at once → 429
-//! at once (no queue); a request not answered within `request_timeout` → 408.
+//! at once (no queue; the body is then read away, within the body limit and
+//! timeout, so a client still sending gets the 429 rather than a broken pipe);
+//! a request not answered within `request_timeout` → 408.
 //! A connection that does not deliver a request's headers within
 //! `header_read_timeout` (a slow or stalled client, or an idle keep-alive
 //! connection) is closed: it never reaches a handler nor holds a permit.
@@ -71,6 +75,8 @@ pub struct ServerConfig {
     /// Labels returned per instance unless the request says `"top_k"` (0 = all).
     pub top_k: usize,
     pub verify_checksums: bool,
+    /// Tables up to this size are copied into memory; larger ones are mapped (see [`LoadOptions`]).
+    pub copy_table_max_bytes: u64,
     /// Batches up to this size are predicted on the async worker itself.
     pub inline_max_instances: usize,
     /// Tokio worker threads (0 = one per core).
@@ -91,6 +97,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             top_k: 3,
             verify_checksums: true,
+            copy_table_max_bytes: super::predictor::COPY_TABLE_MAX_BYTES,
             inline_max_instances: 64,
             workers: 0,
         }
@@ -136,7 +143,7 @@ impl Server {
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .context("cannot name the model after its base folder: pass --model-name")?,
         };
-        let store = ModelStore::new(base.clone(), name, LoadOptions { verify_checksums: config.verify_checksums });
+        let store = ModelStore::new(base.clone(), name, LoadOptions { verify_checksums: config.verify_checksums, copy_table_max_bytes: config.copy_table_max_bytes });
         let permits = Arc::new(Semaphore::new(config.max_concurrency));
         let app = Arc::new(App { permits, store, metrics: Metrics::default(), config });
         if app.store.poll(&app.metrics).is_none() {
@@ -479,6 +486,10 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
     // Admission first, before reading the body: beyond the limit, refuse at once.
     let Ok(permit) = app.permits.clone().try_acquire_owned() else {
         metrics.record_error("overloaded");
+        // Keep reading the body away after answering (within the body limit and timeout,
+        // keeping none of it): closing on a client still sending would reach it as a broken
+        // pipe instead of this 429, and waiting for a trickled body would delay the 429.
+        tokio::spawn(drain_body(request.into_body(), app.config.max_body_bytes, app.config.body_timeout));
         return error(StatusCode::TOO_MANY_REQUESTS, format!("too many concurrent requests (limit {}): retry later", app.config.max_concurrency));
     };
     metrics.in_flight.fetch_add(1, Relaxed);
@@ -488,6 +499,12 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
         metrics.record_error("not_loaded");
         return error(StatusCode::SERVICE_UNAVAILABLE, "no model version is loaded yet");
     };
+    // A memory-mapped table whose file changed in place: answer 503 and unload it, never serve from it.
+    if let Some(change) = loaded.predictor.table_file_changed() {
+        app.store.unload(loaded.version, &format!("its memory-mapped table changed on disk ({change})"));
+        metrics.record_error("model_changed");
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("model {:?} version {} changed on disk and was unloaded; retry once a version loads", app.store.name, loaded.version));
+    }
     if let Some(v) = version.filter(|&v| v != loaded.version) {
         metrics.record_error("unknown_version");
         return error(StatusCode::NOT_FOUND, format!("version {v} of model {:?} is not loaded (serving version {})", app.store.name, loaded.version));
@@ -511,7 +528,7 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
             return error(status, format!("cannot read the request body: {}", rejection.body_text()));
         }
     };
-    let (texts, top_k) = match parse_request(&bytes, app.config.top_k) {
+    let (texts, top_k, columnar) = match parse_request(&bytes, app.config.top_k) {
         Ok(r) => r,
         Err(e) => {
             metrics.record_error("bad_request");
@@ -547,6 +564,21 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
     };
     metrics.batch_size.observe(n as f64);
     metrics.instances.fetch_add(n as u64, Relaxed);
+    if columnar {
+        // TF Serving answers the columnar format in kind: each output batched over the inputs.
+        // Serialized directly (not through `json!`), so scores print as the same f32 as in the row format.
+        #[derive(Serialize)]
+        struct Columns<'a> {
+            labels: Vec<&'a [String]>,
+            scores: Vec<&'a [f32]>,
+        }
+        #[derive(Serialize)]
+        struct ColumnarReply<'a> {
+            outputs: Columns<'a>,
+        }
+        let outputs = Columns { labels: predictions.iter().map(|p| p.labels.as_slice()).collect(), scores: predictions.iter().map(|p| p.scores.as_slice()).collect() };
+        return json_response(StatusCode::OK, &ColumnarReply { outputs });
+    }
     #[derive(Serialize)]
     struct Reply {
         predictions: Vec<Prediction>,
@@ -554,8 +586,25 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
     json_response(StatusCode::OK, &Reply { predictions })
 }
 
-/// `{"instances": [...], "top_k": k?}` → texts and k. Messages say what is wrong and where.
-fn parse_request(body: &[u8], default_top_k: usize) -> Result<(Vec<String>, usize), String> {
+/// Reads and discards a request body: at most `limit` bytes, for at most `timeout`.
+async fn drain_body(mut body: axum::body::Body, limit: usize, timeout: Duration) {
+    use axum::body::HttpBody;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(Ok(frame)) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > limit {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// `{"instances": [...], "top_k": k?}` (TF Serving's row format) or
+/// `{"inputs": [...] | {"text": [...]}, "top_k": k?}` (its columnar format) →
+/// texts, k, and whether the request was columnar. Messages say what is wrong and where.
+fn parse_request(body: &[u8], default_top_k: usize) -> Result<(Vec<String>, usize, bool), String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
     let Value::Object(mut object) = value else {
         return Err(format!("expected a JSON object like {{\"instances\": [\"text\", ...]}}, got {}", kind(&value)));
@@ -567,26 +616,36 @@ fn parse_request(body: &[u8], default_top_k: usize) -> Result<(Vec<String>, usiz
             None => return Err(format!("\"top_k\" must be a non-negative integer, got {v}")),
         },
     };
-    let instances = match object.remove("instances") {
-        Some(Value::Array(a)) => a,
-        Some(other) => return Err(format!("\"instances\" must be a list, got {}", kind(&other))),
-        None if object.contains_key("inputs") => return Err("the columnar \"inputs\" format is not supported: send {\"instances\": [...]}".into()),
-        None => return Err("missing \"instances\": send {\"instances\": [\"text\", ...]}".into()),
+    let (instances, columnar) = match (object.remove("instances"), object.remove("inputs")) {
+        (Some(_), Some(_)) => return Err("a request has either \"instances\" (row format) or \"inputs\" (columnar format), not both".into()),
+        (Some(Value::Array(a)), None) => (a, false),
+        (Some(other), None) => return Err(format!("\"instances\" must be a list, got {}", kind(&other))),
+        (None, Some(Value::Array(a))) => (a, true),
+        (None, Some(Value::Object(mut named))) => match (named.remove("text"), named.keys().next()) {
+            (Some(Value::Array(a)), None) => (a, true),
+            (Some(Value::Array(_)), Some(extra)) => return Err(format!("inputs: unknown input {extra:?} (only \"text\")")),
+            (Some(other), _) => return Err(format!("inputs.text must be a list, got {}", kind(&other))),
+            (None, _) => return Err("inputs: missing \"text\"".into()),
+        },
+        (None, Some(other)) => return Err(format!("\"inputs\" must be a list or {{\"text\": [...]}}, got {}", kind(&other))),
+        (None, None) => return Err("missing \"instances\": send {\"instances\": [\"text\", ...]} or {\"inputs\": [\"text\", ...]}".into()),
     };
+    let field = if columnar { "inputs" } else { "instances" };
     let mut texts = Vec::with_capacity(instances.len());
     for (i, instance) in instances.into_iter().enumerate() {
         match instance {
             Value::String(s) => texts.push(s),
-            Value::Object(mut o) => match (o.remove("text"), o.keys().next()) {
+            Value::Object(mut o) if !columnar => match (o.remove("text"), o.keys().next()) {
                 (Some(Value::String(s)), None) => texts.push(s),
                 (Some(Value::String(_)), Some(extra)) => return Err(format!("instances[{i}]: unknown input {extra:?} (only \"text\")")),
                 (Some(other), _) => return Err(format!("instances[{i}].text must be a string, got {}", kind(&other))),
                 (None, _) => return Err(format!("instances[{i}]: missing \"text\"")),
             },
+            other if columnar => return Err(format!("{field}[{i}] must be a string, got {}", kind(&other))),
             other => return Err(format!("instances[{i}] must be a string or {{\"text\": string}}, got {}", kind(&other))),
         }
     }
-    Ok((texts, top_k))
+    Ok((texts, top_k, columnar))
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -619,8 +678,10 @@ mod tests {
 
     #[test]
     fn requests_parse_both_instance_forms_and_reject_bad_shapes() {
-        assert_eq!(parse_request(br#"{"instances": ["a", {"text": "b"}]}"#, 3), Ok((vec!["a".into(), "b".into()], 3)));
-        assert_eq!(parse_request(br#"{"instances": [], "top_k": 1}"#, 3), Ok((vec![], 1)));
+        assert_eq!(parse_request(br#"{"instances": ["a", {"text": "b"}]}"#, 3), Ok((vec!["a".into(), "b".into()], 3, false)));
+        assert_eq!(parse_request(br#"{"instances": [], "top_k": 1}"#, 3), Ok((vec![], 1, false)));
+        assert_eq!(parse_request(br#"{"inputs": ["a", "b"], "top_k": 2}"#, 3), Ok((vec!["a".into(), "b".into()], 2, true)));
+        assert_eq!(parse_request(br#"{"inputs": {"text": ["a"]}}"#, 3), Ok((vec!["a".into()], 3, true)));
         for (body, needle) in [
             (&b"{"[..], "malformed JSON"),
             (b"[]", "expected a JSON object"),
@@ -631,6 +692,10 @@ mod tests {
             (br#"{"instances": [{"text": 1}]}"#, "instances[0].text must be a string"),
             (br#"{"instances": [{"text": "a", "x": 1}]}"#, "unknown input \"x\""),
             (br#"{"instances": [], "top_k": -1}"#, "top_k"),
+            (br#"{"instances": ["a"], "inputs": ["a"]}"#, "not both"),
+            (br#"{"inputs": "a"}"#, "\"inputs\" must be a list"),
+            (br#"{"inputs": [{"text": "a"}]}"#, "inputs[0] must be a string"),
+            (br#"{"inputs": {"txt": ["a"]}}"#, "missing \"text\""),
         ] {
             let err = parse_request(body, 3).unwrap_err();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");

@@ -31,6 +31,10 @@ pub struct PredictArgs {
     /// Check file sizes only, not SHA-256 checksums (faster start for a huge table).
     #[arg(long)]
     pub no_verify: bool,
+    /// Tables up to this many MiB are read into memory (no later change to the file can
+    /// reach them); larger ones are memory-mapped.
+    #[arg(long, default_value_t = 1024)]
+    pub copy_table_max_mib: u64,
     /// Longest input line, in bytes; longer lines are answered with an error.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_line_bytes: usize,
@@ -75,6 +79,10 @@ pub struct ServeArgs {
     /// Check file sizes only, not SHA-256 checksums, when loading a version.
     #[arg(long)]
     pub no_verify: bool,
+    /// Tables up to this many MiB are read into memory (immune to changes of the
+    /// file); larger ones are memory-mapped, and unloaded if their file changes.
+    #[arg(long, default_value_t = 1024)]
+    pub copy_table_max_mib: u64,
     /// Tokio worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
@@ -86,7 +94,7 @@ fn init_logging() {
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     init_logging();
-    let predictor = Predictor::load_with(&args.model, &LoadOptions { verify_checksums: !args.no_verify })?;
+    let predictor = Predictor::load_with(&args.model, &LoadOptions { verify_checksums: !args.no_verify, copy_table_max_bytes: args.copy_table_max_mib.saturating_mul(1 << 20) })?;
     log::info!(
         "loaded {} ({} rows × {}, {} labels) in {:.1} ms; reading lines from stdin",
         args.model.display(),
@@ -119,6 +127,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         header_read_timeout: Duration::from_millis(args.header_timeout_ms),
         top_k: args.top_k,
         verify_checksums: !args.no_verify,
+        copy_table_max_bytes: args.copy_table_max_mib.saturating_mul(1 << 20),
         workers: args.workers,
         ..ServerConfig::default()
     };

@@ -1,9 +1,16 @@
 //! The resident predictor: a bundle loaded once, then any number of
 //! predictions of any batch size from any thread.
 //!
-//! Loading verifies `manifest.json` and every file's size and SHA-256, memory-maps
-//! `model.safetensors` and uses the table's bytes in place (no copy: rows are
-//! paged in on first touch), copies the small head, and builds the featurizer.
+//! Loading verifies `manifest.json` and every file's size and SHA-256, copies
+//! the head, and builds the featurizer. A table up to
+//! [`LoadOptions::copy_table_max_bytes`] is read into anonymous memory, so no
+//! later change to the file (truncation, an overwrite in place) can reach the
+//! answers or fault the process. A larger one is mapped privately and used in
+//! place (rows are paged in on first touch); such a predictor notices a change
+//! to its file ([`Predictor::table_file_changed`], one `fstat`) and the server
+//! then unloads it instead of serving changed weights. A truncation that lands
+//! during a prediction on a mapped table can still fault: keep big bundles
+//! immutable (publish new versions by rename, as `export` does).
 //! A prediction runs exactly the functions evaluation runs
 //! ([`pool_one`], [`HeadWeights::logits_into`]), so its logits equal
 //! [`crate::train::eval::logits`] bit for bit, and its scores are
@@ -13,8 +20,10 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::io::Read;
+
 use anyhow::{bail, Context};
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde::Serialize;
@@ -39,20 +48,75 @@ pub struct LoadOptions {
     /// once, which also brings it into the page cache). When off, only file
     /// sizes are checked, and a multi-GB table loads in milliseconds.
     pub verify_checksums: bool,
+    /// Tables up to this many bytes are copied into memory (immune to changes
+    /// of the file); larger ones are memory-mapped.
+    pub copy_table_max_bytes: u64,
 }
+
+/// Default of [`LoadOptions::copy_table_max_bytes`]: 1 GiB.
+pub const COPY_TABLE_MAX_BYTES: u64 = 1 << 30;
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { verify_checksums: true }
+        LoadOptions { verify_checksums: true, copy_table_max_bytes: COPY_TABLE_MAX_BYTES }
     }
 }
 
 /// Where the table's values live.
 enum TableData {
-    /// Used in place from the memory map (the data is 4-byte aligned).
-    Mapped { start: usize, len: usize },
-    /// Copied out of the map (a foreign writer left it unaligned).
+    /// Used in place from the private memory map (the data is 4-byte aligned).
+    Mapped { mmap: Mmap, start: usize, len: usize },
+    /// In anonymous memory.
     Owned(Vec<f32>),
+}
+
+/// What identifies a file's contents without reading them: a change in place
+/// (truncate, overwrite, even with the old mtime put back) moves `ctime`, a
+/// replacement moves `ino`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub bytes: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+            FileStamp { dev: meta.dev(), ino: meta.ino(), bytes: meta.len(), mtime_ns: ns(meta.mtime(), meta.mtime_nsec()), ctime_ns: ns(meta.ctime(), meta.ctime_nsec()) }
+        }
+        #[cfg(not(unix))]
+        {
+            let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i128);
+            FileStamp { dev: 0, ino: 0, bytes: meta.len(), mtime_ns, ctime_ns: mtime_ns }
+        }
+    }
+
+    /// What differs from `self` (for the log line), or `None` when nothing does.
+    pub fn change(&self, now: &FileStamp) -> Option<String> {
+        if self == now {
+            return None;
+        }
+        let mut what = Vec::new();
+        if (self.dev, self.ino) != (now.dev, now.ino) {
+            what.push("replaced by another file".to_string());
+        }
+        if self.bytes != now.bytes {
+            what.push(format!("size {} → {} bytes", self.bytes, now.bytes));
+        }
+        if self.mtime_ns != now.mtime_ns {
+            what.push("modification time".to_string());
+        }
+        if self.ctime_ns != now.ctime_ns && what.is_empty() {
+            what.push("status change time (written or attributes changed)".to_string());
+        }
+        Some(what.join(", "))
+    }
 }
 
 /// A loaded bundle. `Send + Sync`: share it behind an `Arc` between threads.
@@ -60,8 +124,11 @@ pub struct Predictor {
     dir: PathBuf,
     manifest: Manifest,
     featurizer: Featurizer,
-    mmap: Mmap,
     table: TableData,
+    /// The open table file and its stamp when verified.
+    model_file: std::fs::File,
+    /// Every bundle file's stamp when it was loaded (name → stamp).
+    stamps: Vec<(String, FileStamp)>,
     rows: usize,
     dim: usize,
     pooling: Pooling,
@@ -109,23 +176,50 @@ impl Predictor {
         }
 
         let model_path = dir.join(MODEL_FILE);
-        let file = std::fs::File::open(&model_path).with_context(|| format!("cannot open {}", model_path.display()))?;
-        // SAFETY: read-only map. Bundles are written once and published by rename,
-        // never modified in place; a replaced bundle's old file stays mapped intact.
-        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", model_path.display()))?;
+        let mut file = std::fs::File::open(&model_path).with_context(|| format!("cannot open {}", model_path.display()))?;
+        let stamp = FileStamp::of(&file.metadata().with_context(|| format!("cannot stat {}", model_path.display()))?);
+        let expected = manifest.files[MODEL_FILE].bytes;
+        if stamp.bytes != expected {
+            bail!("{}: is {} bytes, the manifest says {expected} (changed while loading?)", model_path.display(), stamp.bytes);
+        }
+        // Small tables are read (never mapped): nothing done to the file later can reach them.
+        // `read` cannot fault on a file truncated meanwhile; it just comes up short.
+        let copy = stamp.bytes <= options.copy_table_max_bytes;
+        enum Bytes {
+            Read(Vec<u8>),
+            Mapped(Mmap),
+        }
+        let bytes = if copy {
+            let mut buf = Vec::with_capacity(stamp.bytes as usize);
+            file.read_to_end(&mut buf).with_context(|| format!("cannot read {}", model_path.display()))?;
+            if buf.len() as u64 != expected {
+                bail!("{}: read {} bytes, the manifest says {expected} (changed while loading?)", model_path.display(), buf.len());
+            }
+            Bytes::Read(buf)
+        } else {
+            // SAFETY: a private read-only map of a file whose size we just checked.
+            // Someone truncating it later could fault a read of the map: the server
+            // checks the file's stamp before every request and unloads a changed one.
+            let mmap = unsafe { MmapOptions::new().map_copy_read_only(&file) }.with_context(|| format!("cannot map {}", model_path.display()))?;
+            #[cfg(unix)]
+            let _ = mmap.advise(memmap2::Advice::Random); // rows are read by id, not in order
+            Bytes::Mapped(mmap)
+        };
+        let data: &[u8] = match &bytes {
+            Bytes::Read(v) => v,
+            Bytes::Mapped(m) => m,
+        };
         if options.verify_checksums {
             for (name, info) in &manifest.files {
                 let path = dir.join(name);
-                let actual = if name == MODEL_FILE { sha256_hex(&mmap) } else { crate::io::sha256_file(&path)? };
+                let actual = if name == MODEL_FILE { sha256_hex(data) } else { crate::io::sha256_file(&path)? };
                 if actual != info.sha256 {
                     bail!("{}: checksum mismatch (corrupt or modified): manifest sha256 {}, file {actual}", path.display(), info.sha256);
                 }
             }
         }
-        #[cfg(unix)]
-        let _ = mmap.advise(memmap2::Advice::Random); // rows are read by id, not in order
 
-        let tensors = SafeTensors::deserialize(&mmap).with_context(|| format!("{}: not a valid safetensors file (truncated or corrupt?)", model_path.display()))?;
+        let tensors = SafeTensors::deserialize(data).with_context(|| format!("{}: not a valid safetensors file (truncated or corrupt?)", model_path.display()))?;
         let m = &manifest.model;
         let table_view = tensors.tensor("table").map_err(|_| anyhow::anyhow!("{}: no `table` tensor", model_path.display()))?;
         if table_view.dtype() != Dtype::F32 || table_view.shape() != [m.rows, m.dim] {
@@ -138,15 +232,17 @@ impl Predictor {
                 m.dim
             );
         }
-        let bytes = table_view.data();
-        let start = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
-        let table = if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>()) {
-            TableData::Mapped { start, len: bytes.len() }
+        let table_bytes = table_view.data();
+        let start = table_bytes.as_ptr() as usize - data.as_ptr() as usize;
+        let (table_len, aligned) = (table_bytes.len(), (table_bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>()));
+        let owned_table = if copy || !aligned {
+            if !copy {
+                log::warn!("{}: table data is not 4-byte aligned; copying it into memory", model_path.display());
+            }
+            Some(bytemuck::pod_collect_to_vec(table_bytes))
         } else {
-            log::warn!("{}: table data is not 4-byte aligned; copying it into memory", model_path.display());
-            TableData::Owned(bytemuck::pod_collect_to_vec(bytes))
+            None
         };
-
         let mut layers = Vec::with_capacity(m.head.len());
         for (i, shape) in m.head.iter().enumerate() {
             let read = |name: String, want: &[usize]| -> anyhow::Result<Vec<f32>> {
@@ -179,14 +275,55 @@ impl Predictor {
         }
 
         let (rows, dim, pooling) = (m.rows, m.dim, m.pooling);
-        Ok(Predictor { dir: dir.to_path_buf(), manifest, featurizer, mmap, table, rows, dim, pooling, head, load_time: started.elapsed() })
+        drop(tensors);
+        let table = match (owned_table, bytes) {
+            (Some(v), _) => TableData::Owned(v),
+            (None, Bytes::Mapped(mmap)) => TableData::Mapped { mmap, start, len: table_len },
+            (None, Bytes::Read(_)) => unreachable!("a read table is always owned"),
+        };
+        // The stamps the server compares against (the table file's from the open
+        // file, before it was read): a change during the load shows up on the first poll.
+        let mut stamps = vec![(MODEL_FILE.to_string(), stamp)];
+        for name in manifest.files.keys().filter(|n| *n != MODEL_FILE).map(String::as_str).chain([MANIFEST_FILE]) {
+            let path = dir.join(name);
+            let meta = std::fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?;
+            stamps.push((name.to_string(), FileStamp::of(&meta)));
+        }
+        Ok(Predictor { dir: dir.to_path_buf(), manifest, featurizer, table, model_file: file, stamps, rows, dim, pooling, head, load_time: started.elapsed() })
     }
 
     fn table(&self) -> &[f32] {
         match &self.table {
-            TableData::Mapped { start, len } => bytemuck::cast_slice(&self.mmap[*start..*start + *len]),
+            TableData::Mapped { mmap, start, len } => bytemuck::cast_slice(&mmap[*start..*start + *len]),
             TableData::Owned(v) => v,
         }
+    }
+
+    /// For a memory-mapped table: how its file (the very inode mapped) changed
+    /// since it was verified, if it did. Always `None` for a table in memory.
+    pub fn table_file_changed(&self) -> Option<String> {
+        if !self.table_is_mapped() {
+            return None;
+        }
+        let now = match self.model_file.metadata() {
+            Ok(m) => FileStamp::of(&m),
+            Err(e) => return Some(format!("cannot stat it: {e}")),
+        };
+        // Same inode by construction: only size and times can move.
+        self.stamps[0].1.change(&now).map(|what| format!("{MODEL_FILE}: {what}"))
+    }
+
+    /// Which bundle files changed on disk (in place or replaced) since loading, if any.
+    pub fn files_changed(&self) -> Option<String> {
+        let changes: Vec<String> = self
+            .stamps
+            .iter()
+            .filter_map(|(name, then)| match std::fs::metadata(self.dir.join(name)) {
+                Ok(meta) => then.change(&FileStamp::of(&meta)).map(|what| format!("{name}: {what}")),
+                Err(e) => Some(format!("{name}: {e}")),
+            })
+            .collect();
+        (!changes.is_empty()).then(|| changes.join("; "))
     }
 
     /// Top-`top_k` labels and probabilities of each text (`top_k` 0 or above the

@@ -58,6 +58,9 @@ impl GraphSpec {
     }
 }
 
+/// The node that ends a training step (after both optimizers).
+pub const STEP_DONE: &str = "train/step";
+
 /// GraphDef `producer` version, as TF 1.x writes it.
 const PRODUCER: i32 = 22;
 
@@ -171,7 +174,10 @@ pub fn build_graph(spec: &GraphSpec) -> GraphDef {
             .outputs(&[&[-1, dim], &[-1]]),
     );
 
-    // Optimizers: the table's only sees the rows the batch touched.
+    // Optimizers: the table's only sees the rows the batch touched. Both run
+    // after both backward passes (the trainer's order), which the control
+    // inputs (`^name`, dashed in TensorBoard) show where no data edge does, as
+    // `tf.control_dependencies([head_grad, bag_pool_grad])` would write them.
     let (table_opt, head_opt) = optimizer_names(&spec.table_optimizer, &spec.head_optimizer);
     nodes.push(
         Node::new(&table_opt, &camel_case(&spec.table_optimizer), cpu)
@@ -179,12 +185,14 @@ pub fn build_graph(spec: &GraphSpec) -> GraphDef {
                 "embedding/table",
                 "gradients/bag_pool_grad",
                 "gradients/bag_pool_grad:1",
+                "^gradients/head_grad",
             ])
             .attr("T", dtype(DataType::DT_FLOAT))
             .outputs(&[&table_shape]),
     );
     let mut opt_inputs: Vec<String> = head_params.iter().map(|(name, _)| name.clone()).collect();
     opt_inputs.extend((1..=head_params.len()).map(|k| format!("gradients/head_grad:{k}")));
+    opt_inputs.push("^gradients/bag_pool_grad".into());
     nodes.push(
         Node::new(&head_opt, &camel_case(&spec.head_optimizer), dense)
             .inputs(&opt_inputs.iter().map(String::as_str).collect::<Vec<_>>())
@@ -195,6 +203,50 @@ pub fn build_graph(spec: &GraphSpec) -> GraphDef {
                     .map(|(_, s)| s.as_slice())
                     .collect::<Vec<_>>(),
             ),
+    );
+
+    // The step ends when both optimizers have run (TF's `tf.group` train op).
+    nodes.push(
+        Node::new(STEP_DONE, "NoOp", cpu)
+            .inputs(&[&format!("^{table_opt}"), &format!("^{head_opt}")])
+            .outputs(&[]),
+    );
+    // The next step's lookup reads the table only after this step updated it.
+    for (name, shape) in [("next_step/input/ids", [-1]), ("next_step/input/offsets", [batch])] {
+        nodes.push(
+            Node::new(name, "Placeholder", cpu)
+                .attr("dtype", dtype(DataType::DT_INT64))
+                .attr("shape", shape_attr(&shape))
+                .outputs(&[&shape]),
+        );
+    }
+    nodes.push(
+        Node::new("next_step/bag_pool", "EmbeddingBag", cpu)
+            .inputs(&[
+                "embedding/table",
+                "next_step/input/ids",
+                "next_step/input/offsets",
+                &format!("^{table_opt}"),
+            ])
+            .attr("T", dtype(DataType::DT_FLOAT))
+            .attr("pooling", string(&spec.pooling))
+            .outputs(&[&[batch, dim]]),
+    );
+    // Evaluation reads the table and head as the step it reports left them.
+    nodes.push(
+        Node::new("eval/input", "Placeholder", cpu)
+            .attr("dtype", dtype(DataType::DT_STRING))
+            .attr("shape", shape_attr(&[-1]))
+            .outputs(&[&[-1]]),
+    );
+    let mut eval_inputs = vec!["embedding/table".to_string(), "eval/input".into()];
+    eval_inputs.extend(head_params.iter().map(|(name, _)| name.clone()));
+    eval_inputs.push(format!("^{STEP_DONE}"));
+    nodes.push(
+        Node::new("eval/evaluate", "Evaluate", dense)
+            .inputs(&eval_inputs.iter().map(String::as_str).collect::<Vec<_>>())
+            .attr("T", dtype(DataType::DT_FLOAT))
+            .outputs(&[&[], &[], &[]]),
     );
 
     let mut graph = GraphDef::new();

@@ -44,6 +44,8 @@ static OPEN_DIRS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 /// such error this logs once and drops all further summaries of the run.
 pub struct RunSummary {
     dir: PathBuf,
+    /// The HParams session group: the run's path under the log dir.
+    group: String,
     writer: Option<FileWriter>,
     /// hparams were written, so closing must record the session's end.
     session_started: bool,
@@ -52,7 +54,12 @@ pub struct RunSummary {
 impl RunSummary {
     /// Opens the event file for `run_dir`, creating the folder if needed.
     /// Fails if the folder is not writable or already has a live `RunSummary`.
-    pub fn create(run_dir: &Path) -> anyhow::Result<Self> {
+    ///
+    /// `log_dir` is the folder TensorBoard is pointed at (`logging.dir`): the
+    /// run's path under it (`experiment/arm/seed-1`) names its HParams
+    /// session group, so every run is its own row, A/B arms and seeds never
+    /// merge, and equal folder names in different experiments never collide.
+    pub fn create(run_dir: &Path, log_dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
         let dir = run_dir
@@ -69,9 +76,11 @@ impl RunSummary {
             );
         }
         wait_for_unused_file_name(&dir);
+        let group = group_name(&dir, log_dir);
         match catch_unwind(|| FileWriter::new(&dir)) {
             Ok(writer) => Ok(RunSummary {
                 dir,
+                group,
                 writer: Some(writer),
                 session_started: false,
             }),
@@ -88,6 +97,11 @@ impl RunSummary {
     /// The run folder (canonical path).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The HParams session group this run writes.
+    pub fn group(&self) -> &str {
+        &self.group
     }
 
     pub fn scalar(&mut self, tag: &str, value: f32, step: u64) {
@@ -141,13 +155,9 @@ impl RunSummary {
     pub fn hparams(&mut self, hparams: &[(String, HParamValue)], metric_tags: &[&str]) {
         let now = now_secs();
         // Its own group, so every run gets a row even when two share all values (A/B repeats).
-        let group = self
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let session = hparams::session_start(hparams, &self.group, now);
         self.write(hparams::experiment(hparams, metric_tags, now), 0);
-        self.write(hparams::session_start(hparams, &group, now), 0);
+        self.write(session, 0);
         self.session_started = true;
     }
 
@@ -202,6 +212,24 @@ impl Drop for RunSummary {
     /// Without `close` the run did not finish normally: recorded as a failure.
     fn drop(&mut self) {
         self.finish(Status::STATUS_FAILURE);
+    }
+}
+
+/// `run_dir` (canonical) relative to `log_dir`, with `/` separators, as
+/// TensorBoard names the run; the whole path when it is not under `log_dir`.
+fn group_name(run_dir: &Path, log_dir: &Path) -> String {
+    let relative = log_dir
+        .canonicalize()
+        .ok()
+        .and_then(|log| run_dir.strip_prefix(log).ok().map(Path::to_path_buf))
+        .filter(|r| !r.as_os_str().is_empty());
+    match relative {
+        Some(r) => r
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/"),
+        None => run_dir.to_string_lossy().into_owned(),
     }
 }
 

@@ -310,7 +310,7 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
     let head = Head::<B>::from_weights(&head_weights, &device);
     // A fresh run in a reused directory starts a fresh log; a resumed one drops records past its checkpoint.
     let metrics = MetricsLog::open(&dir, Some(checkpoint.as_ref().map_or(0, |c| c.state.step)))?;
-    let summary = if config.logging.tensorboard { Some(RunSummary::create(&dir)?) } else { None };
+    let summary = if config.logging.tensorboard { Some(RunSummary::create(&dir, &config.logging.dir)?) } else { None };
 
     let mut run = Run {
         config,
