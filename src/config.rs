@@ -214,13 +214,24 @@ pub struct MemoryConfig {
     pub gpu_max_gb: Option<f64>,
     /// Like `gpu_max_gb`, as a fraction of the GPU's total memory (TF's per_process_memory_fraction).
     pub gpu_fraction: Option<f64>,
-    /// Back the table and its optimizer state with transparent huge pages.
-    /// Off by default: a row touched first faults in (and the kernel zeroes)
-    /// a whole 2 MiB page, so a 10M-row table whose batches touch 50k rows
-    /// held 7.5 GB instead of 0.9 GB and started in 7.4 s instead of 0.19 s;
-    /// on a table most of whose rows are touched (Debian sections, 2M rows)
-    /// huge pages made the median step ~10% faster (BENCHMARKS.md).
-    pub huge_pages: bool,
+    /// Back the table and its optimizer state with transparent huge pages:
+    /// "auto" (default), "on" or "off". Huge pages make random row access
+    /// faster, but a row touched first maps and zeroes a whole 2 MiB page.
+    /// "auto" turns them on when the training data's rows would touch at least
+    /// half of the table's 4 KiB pages anyway (Debian sections: 1.6 vs 2.2 ms
+    /// median step), and off when they are sparse in a large table (10M rows,
+    /// 50k touched: 0.9 GB resident and 0.19 s to the first step, instead of
+    /// 7.6 GB and 7.4 s). BENCHMARKS.md has the measurements.
+    pub huge_pages: HugePages,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HugePages {
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -203,7 +203,6 @@ struct Run<B: AutodiffBackend> {
 
 fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::Device, dense: DenseDevice) -> anyhow::Result<RunOutcome> {
     let started = Instant::now();
-    crate::model::table::set_huge_pages(config.memory.huge_pages);
     let log = !config.logging.quiet;
     let (config, dir) = match &options.resume {
         Some(dir) => {
@@ -276,6 +275,17 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
 
     let rows = data.featurizer.rows();
     let dim = config.model.dim;
+    // Before the table and its optimizer state are allocated.
+    let (huge_pages, page_share) = huge_pages_for(&config, &data.train.ids, rows);
+    crate::model::table::set_huge_pages(huge_pages);
+    if log {
+        eprintln!(
+            "huge pages: {} (memory.huge_pages = {}; the training rows touch ~{:.0}% of the table's 4 KiB pages)",
+            if huge_pages { "on" } else { "off" },
+            format!("{:?}", config.memory.huge_pages).to_lowercase(),
+            page_share * 100.0
+        );
+    }
     let head_config = HeadConfig { input: dim, hidden: config.model.hidden.clone(), classes: data.labels.len() };
     let plan = MemoryPlan::new(&config, rows, &head_config, (data.train.ids.len() + data.test.ids.len()) as u64, dense);
     plan.check(&config, dense)?;
@@ -348,6 +358,32 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         }
     }
     outcome
+}
+
+/// Whether the table and its state should use transparent huge pages, and the
+/// share of the table's 4 KiB pages that the training data's distinct rows
+/// touch (rows spread evenly over the table, as hash buckets are):
+/// `1 − exp(−touched / pages)`. At half or more, nearly all memory becomes
+/// resident anyway and huge pages only save TLB misses; below, they would
+/// make memory and start-up follow the table instead of the rows touched.
+fn huge_pages_for(config: &Config, train_ids: &[u32], rows: usize) -> (bool, f64) {
+    let mut seen = vec![0u64; rows.div_ceil(64)];
+    let mut touched = 0usize;
+    for &id in train_ids {
+        let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
+        if seen[word] & bit == 0 {
+            seen[word] |= bit;
+            touched += 1;
+        }
+    }
+    let pages = (rows as f64 * config.model.dim as f64 * 4.0 / 4096.0).max(1.0);
+    let share = 1.0 - (-(touched as f64) / pages).exp();
+    let on = match config.memory.huge_pages {
+        crate::config::HugePages::On => true,
+        crate::config::HugePages::Off => false,
+        crate::config::HugePages::Auto => share >= 0.5,
+    };
+    (on, share)
 }
 
 /// Steps a run of `config` over `train_examples` examples takes.
