@@ -105,3 +105,32 @@ fn resuming_on_changed_data_is_refused_naming_the_file_and_changing_nothing() {
     assert!(stderr.contains(&data.display().to_string()) && stderr.contains("refusing to resume"), "{stderr}");
     assert_eq!(std::fs::read(run.join("vocab.txt")).unwrap(), vocab, "run files must not change before the check");
 }
+
+#[test]
+fn a_reused_run_directory_a_refused_plan_and_a_non_utf8_path_start_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A fresh run in a folder holding another run's checkpoints would continue them under new settings.
+    let run = tmp.path().join("run");
+    train_fresh(&run, &["train.max_steps=10"]);
+    let r = run.display().to_string();
+    let out = sparseburn(&["train", "configs/quickstart.toml", "--run-dir", &r, "--set", "optimizer.table.lr=0.5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--resume") && stderr.contains("earlier run"), "{stderr}");
+
+    // A memory plan that is refused leaves no empty run folder behind.
+    let logs = tmp.path().join("logs");
+    let l = format!("logging.dir={:?}", logs.display().to_string());
+    let out = sparseburn(&["train", "configs/quickstart.toml", "--set", &l, "--set", "vocab.buckets=50000000", "--set", "memory.host_max_gb=1"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("memory.host_max_gb"));
+    let experiment = logs.join("quickstart");
+    let left: Vec<_> = std::fs::read_dir(&experiment).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // A run directory whose path is not UTF-8 is refused before training.
+    use std::os::unix::ffi::OsStrExt;
+    let bad = tmp.path().join(std::ffi::OsStr::from_bytes(b"run-\xff"));
+    let out = Command::new(BIN).args(["train", "configs/quickstart.toml", "--run-dir"]).arg(&bad).args(["--set", "logging.quiet=true"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("UTF-8"), "{stderr}");
+    assert!(!bad.join("checkpoints").exists(), "nothing was trained");
+}

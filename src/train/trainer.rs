@@ -222,8 +222,20 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
             None => run_dir::create(config)?,
         }),
     };
+    if dir.to_str().is_none() {
+        bail!("{}: the run directory's path must be valid UTF-8 (TensorBoard, summaries and bundles record it as text)", dir.display());
+    }
     // Before anything in the run directory is read or written.
     let lock = run_dir::lock(&dir)?;
+    if options.resume.is_none() && has_checkpoints(&dir) {
+        bail!(
+            "{}: holds the checkpoints of an earlier run; continue it with `sparseburn train --resume {}`, or choose another --run-dir",
+            dir.display(),
+            dir.display()
+        );
+    }
+    // A folder this call created is removed again if the run is refused before training.
+    let created = options.resume.is_none() && options.run_dir.is_none();
     let checkpoint = match &options.resume {
         Some(dir) => Some(Checkpoint::open_latest(dir)?),
         None => None,
@@ -288,7 +300,13 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
     }
     let head_config = HeadConfig { input: dim, hidden: config.model.hidden.clone(), classes: data.labels.len() };
     let plan = MemoryPlan::new(&config, rows, &head_config, (data.train.ids.len() + data.test.ids.len()) as u64, dense);
-    plan.check(&config, dense)?;
+    if let Err(e) = plan.check(&config, dense) {
+        if created {
+            drop(lock);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return Err(e);
+    }
     if log {
         eprintln!("memory plan:\n{}", plan.describe());
     }
@@ -384,6 +402,11 @@ fn huge_pages_for(config: &Config, train_ids: &[u32], rows: usize) -> (bool, f64
         crate::config::HugePages::Auto => share >= 0.5,
     };
     (on, share)
+}
+
+/// Whether `dir` holds any checkpoint folder (complete ones are renamed into place whole).
+fn has_checkpoints(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(checkpoint::checkpoints_dir(dir)).is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("step-")))
 }
 
 /// Steps a run of `config` over `train_examples` examples takes.
