@@ -30,6 +30,8 @@ macro_rules! table_optimizers {
 
         impl TableOptimizerConfig {
             /// The registered kinds, as `kind` spells them (the first is the default).
+            // One push per registered kind, some behind cfg(test): not a vec![] literal.
+            #[allow(clippy::vec_init_then_push)]
             pub fn kinds() -> Vec<&'static str> {
                 #[allow(unused_mut)]
                 let mut kinds = Vec::new();
@@ -91,7 +93,10 @@ pub(super) fn kind_from_keys<C: OptimizerConfig + Default + Serialize + serde::d
         let list: Vec<&str> = known.keys().map(|k| k.as_str()).collect();
         return Err(format!("`{key}` is not a key of kind = \"{kind}\" (its keys: kind, {})", list.join(", ")));
     }
-    serde_path_to_error::deserialize(toml::Value::Table(keys)).map_err(|e| format!("`{}`: {}", e.path().to_string(), e.into_inner()))
+    serde_path_to_error::deserialize(toml::Value::Table(keys)).map_err(|e| {
+        let path = e.path().to_string();
+        format!("`{path}`: {}", e.into_inner())
+    })
 }
 
 impl Default for TableOptimizerConfig {

@@ -253,7 +253,7 @@ impl ChainState {
             let (newest, _) = self.links.last().expect("a chain has a base");
             return newest.read_into(&format!("global.{name}"), dtype, into);
         }
-        if self.rows == 0 || into.len() % self.rows != 0 {
+        if self.rows == 0 || !into.len().is_multiple_of(self.rows) {
             return Err(StateError::WrongLength { name: name.into(), expected: self.rows, found: into.len() });
         }
         let width = into.len() / self.rows;
@@ -262,7 +262,7 @@ impl ChainState {
         for (file, ids) in &self.links {
             let (bytes, _) = file.raw(&key, dtype).map_err(|_| StateError::Missing(key.clone()))?;
             match ids {
-                None if bytes.len() == into.len() * std::mem::size_of::<T>() => bytemuck::cast_slice_mut::<T, u8>(into).copy_from_slice(bytes),
+                None if bytes.len() == std::mem::size_of_val(into) => bytemuck::cast_slice_mut::<T, u8>(into).copy_from_slice(bytes),
                 Some(ids) if bytes.len() == ids.len() * row_bytes => {
                     for (k, &r) in ids.iter().enumerate() {
                         let r = r as usize;

@@ -221,7 +221,7 @@ impl Checkpointer {
                 StateData::U64(x) => (Dtype::U64, bytemuck::cast_slice(x)),
             };
             if optimizer.per_row_state().contains(array) {
-                if data.len() % rows.max(1) != 0 {
+                if !data.len().is_multiple_of(rows.max(1)) {
                     bail!("optimizer state {array:?} has {} values, not a multiple of the table's {rows} rows", data.len());
                 }
                 let width = data.len() / rows.max(1);
