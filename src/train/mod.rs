@@ -5,6 +5,7 @@ pub mod eval;
 pub mod fingerprint;
 pub mod prepare;
 pub mod run_dir;
+mod rowset;
 mod schedule;
 mod trainer;
 

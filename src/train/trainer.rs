@@ -385,15 +385,9 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
 /// resident anyway and huge pages only save TLB misses; below, they would
 /// make memory and start-up follow the table instead of the rows touched.
 fn huge_pages_for(config: &Config, train_ids: &[u32], rows: usize) -> (bool, f64) {
-    let mut seen = vec![0u64; rows.div_ceil(64)];
-    let mut touched = 0usize;
-    for &id in train_ids {
-        let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
-        if seen[word] & bit == 0 {
-            seen[word] |= bit;
-            touched += 1;
-        }
-    }
+    let mut seen = super::rowset::RowSet::new(rows);
+    seen.insert(train_ids);
+    let touched = seen.len(rows);
     let pages = (rows as f64 * config.model.dim as f64 * 4.0 / 4096.0).max(1.0);
     let share = 1.0 - (-(touched as f64) / pages).exp();
     let on = match config.memory.huge_pages {

@@ -147,11 +147,7 @@ impl Checkpoint {
                 continue;
             }
             let ids = stored_ids(&file, dir, m, recipe.rows)?;
-            let row_bytes = dim * 4;
-            for (k, &r) in ids.iter().enumerate() {
-                let r = r as usize;
-                bytemuck::cast_slice_mut::<f32, u8>(&mut values[r * dim..(r + 1) * dim]).copy_from_slice(&bytes[k * row_bytes..(k + 1) * row_bytes]);
-            }
+            scatter(bytes, &ids, dim * 4, bytemuck::cast_slice_mut(values));
             table.mark_materialized(&ids);
         }
         Ok(())
@@ -239,6 +235,15 @@ fn stored_ids(file: &SafetensorsFile, dir: &Path, m: &Manifest, rows: usize) -> 
     Ok(ids)
 }
 
+/// Writes stored row `k` of `bytes` to row `ids[k]` of `into` (rows of `row_bytes`):
+/// the inverse of the writer's gather.
+fn scatter(bytes: &[u8], ids: &[u32], row_bytes: usize, into: &mut [u8]) {
+    for (k, &r) in ids.iter().enumerate() {
+        let r = r as usize;
+        into[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&bytes[k * row_bytes..(k + 1) * row_bytes]);
+    }
+}
+
 /// The optimizer state of a chain, as a [`StateSource`]: per-row arrays are
 /// the links' rows scattered in order, global arrays the newest link's.
 struct ChainState {
@@ -263,12 +268,7 @@ impl ChainState {
             let (bytes, _) = file.raw(&key, dtype).map_err(|_| StateError::Missing(key.clone()))?;
             match ids {
                 None if bytes.len() == std::mem::size_of_val(into) => bytemuck::cast_slice_mut::<T, u8>(into).copy_from_slice(bytes),
-                Some(ids) if bytes.len() == ids.len() * row_bytes => {
-                    for (k, &r) in ids.iter().enumerate() {
-                        let r = r as usize;
-                        bytemuck::cast_slice_mut::<T, u8>(&mut into[r * width..(r + 1) * width]).copy_from_slice(&bytes[k * row_bytes..(k + 1) * row_bytes]);
-                    }
-                }
+                Some(ids) if bytes.len() == ids.len() * row_bytes => scatter(bytes, ids, row_bytes, bytemuck::cast_slice_mut(into)),
                 _ => return Err(StateError::WrongLength { name: key, expected: into.len(), found: bytes.len() / std::mem::size_of::<T>() }),
             }
         }

@@ -30,7 +30,6 @@
 
 mod chain;
 mod manifest;
-mod rowset;
 mod writer;
 
 use std::path::{Path, PathBuf};

@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::Checkpoint;
 use super::manifest::{LinkKind, Manifest, CHECKPOINT_FORMAT_VERSION, HEAD_FILE, HEAD_OPTIM_FILE, LATEST_FILE, MANIFEST_FILE, ROWS_FILE, TRAINER_FILE};
-use super::rowset::RowSet;
+use crate::train::rowset::RowSet;
 use super::{checkpoints_dir, folder_name, TrainerState};
 use crate::config::CheckpointConfig;
 use crate::durable;
 use crate::io::{write_safetensors_to, HashingWriter, TensorOut};
 use crate::model::{EmbeddingTable, HeadWeights, TableRecipe};
-use crate::optim::{StateData, TableOptimizer};
+use crate::optim::TableOptimizer;
 
 /// What checkpointing cost a run (this session).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -214,12 +214,7 @@ impl Checkpointer {
         }
         tensors.push(OwnedTensor { name: "table".into(), dtype: Dtype::F32, shape: vec![stored, dim], bytes: gather(bytemuck::cast_slice(table.as_slice()), dim * 4, ids.as_deref()) });
         for (array, data) in &arrays {
-            let (dtype, bytes): (Dtype, &[u8]) = match data {
-                StateData::F32(x) => (Dtype::F32, bytemuck::cast_slice(x)),
-                StateData::U32(x) => (Dtype::U32, bytemuck::cast_slice(x)),
-                StateData::F64(x) => (Dtype::F64, bytemuck::cast_slice(x)),
-                StateData::U64(x) => (Dtype::U64, bytemuck::cast_slice(x)),
-            };
+            let TensorOut { dtype, bytes, .. } = TensorOut::state(*array, *data);
             if optimizer.per_row_state().contains(array) {
                 if !data.len().is_multiple_of(rows.max(1)) {
                     bail!("optimizer state {array:?} has {} values, not a multiple of the table's {rows} rows", data.len());

@@ -1,7 +1,7 @@
 //! A set of table rows with O(1) insertion: a bitmap for membership plus the
 //! list of members, so clearing and listing cost the members, not the table.
 
-pub(super) struct RowSet {
+pub(crate) struct RowSet {
     bits: Vec<u64>,
     ids: Vec<u32>,
     /// Every row (a dense optimizer changes them all each step).
