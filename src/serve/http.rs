@@ -562,6 +562,13 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
             }
         }
     };
+    // Checked again after predicting: a file changed (or truncated, which the mapping
+    // guard turns into reads of zeros) during the prediction must not reach the client.
+    if let Some(change) = loaded.predictor.table_file_changed() {
+        app.store.unload(loaded.version, &format!("its memory-mapped table changed on disk during a request ({change})"));
+        metrics.record_error("model_changed");
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("model {:?} version {} changed on disk and was unloaded; retry once a version loads", app.store.name, loaded.version));
+    }
     metrics.batch_size.observe(n as f64);
     metrics.instances.fetch_add(n as u64, Relaxed);
     if columnar {

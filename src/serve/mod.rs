@@ -6,6 +6,7 @@
 //! head on buffers sized to the head, with nothing rebuilt per call.
 
 pub mod http;
+pub mod mapping_guard;
 pub mod metrics;
 pub mod models;
 pub mod predict_loop;

@@ -37,6 +37,14 @@ pub fn run(predictor: &Predictor, top_k: usize, max_line_bytes: usize, mut input
         } else {
             Reply::error(format!("longer than the limit of {max_line_bytes} bytes (--max-line-bytes)"))
         };
+        // A mapped table whose file changed (or was truncated: its reads gave zeros)
+        // must not answer: stop with an error instead of printing wrong predictions.
+        if let Some(change) = predictor.table_file_changed() {
+            return Err(std::io::Error::other(format!(
+                "line {}: the model's table file changed on disk while predicting ({change}); restart with the new bundle",
+                stats.lines
+            )));
+        }
         if let Some(e) = &mut reply.error {
             *e = format!("line {}: {e}", stats.lines);
         }

@@ -7,10 +7,12 @@
 //! later change to the file (truncation, an overwrite in place) can reach the
 //! answers or fault the process. A larger one is mapped privately and used in
 //! place (rows are paged in on first touch); such a predictor notices a change
-//! to its file ([`Predictor::table_file_changed`], one `fstat`) and the server
-//! then unloads it instead of serving changed weights. A truncation that lands
-//! during a prediction on a mapped table can still fault: keep big bundles
-//! immutable (publish new versions by rename, as `export` does).
+//! to its file ([`Predictor::table_file_changed`], one `fstat`, checked by the
+//! server before and after every request) and the server then unloads it
+//! instead of serving changed weights. A truncation that lands during a
+//! prediction cannot kill the process: the mapping is guarded
+//! ([`super::mapping_guard`]), the read sees zeros, and the change check after
+//! the prediction discards that answer.
 //! A prediction runs exactly the functions evaluation runs
 //! ([`pool_one`], [`HeadWeights::logits_into`]), so its logits equal
 //! [`crate::train::eval::logits`] bit for bit, and its scores are
@@ -28,6 +30,8 @@ use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use super::mapping_guard::MappingGuard;
 
 use crate::data::{Featurizer, Tokenizer, Vocab};
 use crate::export::{Manifest, MANIFEST_FILE, MODEL_FILE, VOCAB_FILE};
@@ -65,7 +69,8 @@ impl Default for LoadOptions {
 /// Where the table's values live.
 enum TableData {
     /// Used in place from the private memory map (the data is 4-byte aligned).
-    Mapped { mmap: Mmap, start: usize, len: usize },
+    /// `guard` is declared first so it unregisters before `mmap` unmaps.
+    Mapped { guard: MappingGuard, mmap: Mmap, start: usize, len: usize },
     /// In anonymous memory.
     Owned(Vec<f32>),
 }
@@ -198,8 +203,9 @@ impl Predictor {
             Bytes::Read(buf)
         } else {
             // SAFETY: a private read-only map of a file whose size we just checked.
-            // Someone truncating it later could fault a read of the map: the server
-            // checks the file's stamp before every request and unloads a changed one.
+            // Someone truncating it later makes reads past the new end fault: the
+            // mapping is guarded below (a fault reads zeros and marks the table
+            // changed), and the server checks the file's stamp around every request.
             let mmap = unsafe { MmapOptions::new().map_copy_read_only(&file) }.with_context(|| format!("cannot map {}", model_path.display()))?;
             #[cfg(unix)]
             let _ = mmap.advise(memmap2::Advice::Random); // rows are read by id, not in order
@@ -278,7 +284,10 @@ impl Predictor {
         drop(tensors);
         let table = match (owned_table, bytes) {
             (Some(v), _) => TableData::Owned(v),
-            (None, Bytes::Mapped(mmap)) => TableData::Mapped { mmap, start, len: table_len },
+            (None, Bytes::Mapped(mmap)) => {
+                let guard = MappingGuard::new(mmap.as_ptr(), mmap.len()).with_context(|| format!("cannot map {}", model_path.display()))?;
+                TableData::Mapped { guard, mmap, start, len: table_len }
+            }
             (None, Bytes::Read(_)) => unreachable!("a read table is always owned"),
         };
         // The stamps the server compares against (the table file's from the open
@@ -294,16 +303,19 @@ impl Predictor {
 
     fn table(&self) -> &[f32] {
         match &self.table {
-            TableData::Mapped { mmap, start, len } => bytemuck::cast_slice(&mmap[*start..*start + *len]),
+            TableData::Mapped { mmap, start, len, .. } => bytemuck::cast_slice(&mmap[*start..*start + *len]),
             TableData::Owned(v) => v,
         }
     }
 
     /// For a memory-mapped table: how its file (the very inode mapped) changed
-    /// since it was verified, if it did. Always `None` for a table in memory.
+    /// since it was verified, if it did, including a read that faulted because
+    /// the file shrank (answers computed since then are wrong: discard them).
+    /// Always `None` for a table in memory.
     pub fn table_file_changed(&self) -> Option<String> {
-        if !self.table_is_mapped() {
-            return None;
+        let TableData::Mapped { guard, .. } = &self.table else { return None };
+        if guard.faulted() {
+            return Some(format!("{MODEL_FILE}: a read of its mapping faulted (the file was truncated)"));
         }
         let now = match self.model_file.metadata() {
             Ok(m) => FileStamp::of(&m),
