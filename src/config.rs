@@ -223,6 +223,22 @@ pub struct MemoryConfig {
     /// 50k touched: 0.9 GB resident and 0.19 s to the first step, instead of
     /// 7.6 GB and 7.4 s). BENCHMARKS.md has the measurements.
     pub huge_pages: HugePages,
+    /// Which table rows a trainer holds in memory: "reached" (default) or "all".
+    /// With a lazy table optimizer, rows no training or test example reaches
+    /// never change, so "reached" holds only the others (with their optimizer
+    /// state) and regenerates the rest from the seed in checkpoints and export:
+    /// memory and start-up follow the rows the data reaches, not the table
+    /// (Debian sections: 0.6M of 2.04M rows). "all" holds every row, for
+    /// comparison; the weights trained are identical. Dense optimizers hold all.
+    pub table_rows: TableRows,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableRows {
+    #[default]
+    Reached,
+    All,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -173,3 +173,43 @@ fn pruning_never_removes_a_link_a_kept_checkpoint_needs() {
     assert_eq!(on_disk.len(), chain.len(), "exactly the latest chain is kept: {on_disk:?} vs {chain:?}");
     assert!(chain.len() > 2);
 }
+
+/// A lazy optimizer's trainer holds only the rows the data reaches
+/// (`memory.table_rows = "reached"`, the default): the weights, optimizer
+/// state and metrics must be exactly those of holding every row, and resuming
+/// a reached-rows run must be bit-identical too.
+#[test]
+fn holding_only_the_reached_rows_trains_exactly_what_holding_all_rows_does() {
+    let kinds: [&[&str]; 4] = [
+        OPTIMIZERS[0],
+        OPTIMIZERS[1],
+        &["optimizer.table.kind=rowwise_adagrad", "optimizer.table.weight_decay=0.01"],
+        &["optimizer.table.kind=partial_rowwise_adam"],
+    ];
+    for extra in kinds {
+        let tmp = tempfile::tempdir().unwrap();
+        let with = |rows: &str| {
+            // Many buckets: most rows are never reached, as in a real hashed table.
+            let mut args = vec!["checkpoint.every=7", "checkpoint.max_chain=3", "vocab.buckets=200000"];
+            args.extend_from_slice(extra);
+            let setting = format!("memory.table_rows={rows}");
+            args.push(&setting);
+            quickstart(&args)
+        };
+        let (reached_dir, all_dir, resumed_dir) = (tmp.path().join("reached"), tmp.path().join("all"), tmp.path().join("resumed"));
+        let reached = train_in(&reached_dir, &with("reached"), None);
+        let all = train_in(&all_dir, &with("all"), None);
+        assert!(reached.resident_rows < reached.table_rows / 2, "{extra:?}: {} of {} rows held", reached.resident_rows, reached.table_rows);
+        assert_eq!(all.resident_rows, all.table_rows);
+        assert!(reached.table_bytes < all.table_bytes && reached.optimizer_state_bytes < all.optimizer_state_bytes);
+        let want = restored(&all_dir);
+        assert!(restored(&reached_dir) == want, "{extra:?}: the reached-rows run trained other weights or state");
+        assert_eq!(reached.final_eval.loss.to_bits(), all.final_eval.loss.to_bits(), "{extra:?}");
+        assert_eq!(reached.final_eval.accuracy, all.final_eval.accuracy);
+
+        let stopped = train_in(&resumed_dir, &with("reached"), Some(17));
+        assert!(stopped.interrupted);
+        train::train(&with("reached"), &TrainOptions { resume: Some(resumed_dir.clone()), ..Default::default() }).unwrap();
+        assert!(restored(&resumed_dir) == want, "{extra:?}: resuming a reached-rows run changed training");
+    }
+}

@@ -1,8 +1,6 @@
-//! Shuffled batches, prepared on a background thread so the trainer never waits on them.
+//! Shuffled batches in CSR form.
 
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -51,30 +49,23 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
-/// Batches of one epoch, starting at batch `skip`, built ahead on a thread.
+/// Batches of one epoch, starting at batch `skip`, gathered when asked for:
+/// a batch is a few microseconds of copying, less than handing it over from a
+/// prefetch thread costs when the cores are busy with the step.
 pub struct BatchIter {
-    rx: Receiver<Batch>,
-    worker: Option<JoinHandle<()>>,
+    data: Arc<Dataset>,
+    order: Vec<usize>,
+    batch_size: usize,
+    /// Position in `order` of the next batch's first example.
+    next: usize,
 }
-
-/// Batches prepared ahead of the trainer.
-const PREFETCH: usize = 4;
 
 impl BatchIter {
     pub fn new(data: Arc<Dataset>, batch_size: usize, seed: u64, epoch: u64, skip: usize) -> Self {
-        let (tx, rx) = sync_channel(PREFETCH);
-        let worker = std::thread::Builder::new()
-            .name("batch-prefetch".into())
-            .spawn(move || {
-                let order = epoch_order(data.len(), seed, epoch);
-                for chunk in order.chunks(batch_size).skip(skip) {
-                    if tx.send(Batch::gather(&data, chunk)).is_err() {
-                        return; // the trainer stopped early
-                    }
-                }
-            })
-            .expect("spawn batch prefetch thread");
-        BatchIter { rx, worker: Some(worker) }
+        assert!(batch_size > 0, "batch_size must be positive");
+        let order = epoch_order(data.len(), seed, epoch);
+        let next = skip.saturating_mul(batch_size).min(order.len());
+        BatchIter { data, order, batch_size, next }
     }
 
     pub fn batches_per_epoch(len: usize, batch_size: usize) -> usize {
@@ -85,24 +76,38 @@ impl BatchIter {
 impl Iterator for BatchIter {
     type Item = Batch;
     fn next(&mut self) -> Option<Batch> {
-        self.rx.recv().ok()
-    }
-}
-
-impl Drop for BatchIter {
-    fn drop(&mut self) {
-        // Unblock the worker (its send fails once rx is gone) before joining it.
-        let (_, dummy) = sync_channel(0);
-        drop(std::mem::replace(&mut self.rx, dummy));
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
+        if self.next >= self.order.len() {
+            return None;
         }
+        let end = (self.next + self.batch_size).min(self.order.len());
+        let batch = Batch::gather(&self.data, &self.order[self.next..end]);
+        self.next = end;
+        Some(batch)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_cover_the_epoch_order_from_any_skip() {
+        let data = Arc::new(Dataset {
+            ids: (0..10).collect(),
+            offsets: (0..=10).collect(),
+            labels: (0..10).map(|i| i % 3).collect(),
+            unknown_labels: 0,
+            stats: Default::default(),
+        });
+        let order = epoch_order(10, 7, 2);
+        let all: Vec<Batch> = BatchIter::new(data.clone(), 4, 7, 2, 0).collect();
+        assert_eq!(all.iter().map(Batch::len).collect::<Vec<_>>(), [4, 4, 2]);
+        assert_eq!(all.iter().flat_map(|b| b.examples.clone()).collect::<Vec<_>>(), order);
+        assert_eq!(all[1].ids, order[4..8].iter().map(|&i| i as u32).collect::<Vec<_>>());
+        let skipped: Vec<Batch> = BatchIter::new(data.clone(), 4, 7, 2, 1).collect();
+        assert_eq!(skipped, all[1..]);
+        assert_eq!(BatchIter::new(data, 4, 7, 2, 9).count(), 0);
+    }
 
     #[test]
     fn epochs_are_permutations_that_depend_only_on_seed_and_epoch() {

@@ -118,6 +118,21 @@ impl EmbeddingTable {
         EmbeddingTable { rows, dim, data, lazy: None }
     }
 
+    /// A table of `global_ids.len()` rows holding rows `global_ids` of the table
+    /// `recipe` describes, each with its initial value (generated in parallel,
+    /// bit-identical to [`EmbeddingTable::new`]'s rows of those ids).
+    pub fn from_recipe_rows(recipe: TableRecipe, global_ids: &[u32]) -> Self {
+        assert!(recipe.dim > 0, "embedding dim must be positive");
+        let dim = recipe.dim;
+        let mut data = AlignedVec::zeroed(global_ids.len() * dim);
+        data.par_chunks_mut(dim * 256).enumerate().for_each(|(c, rows)| {
+            for (k, row) in rows.chunks_mut(dim).enumerate() {
+                recipe.initial_row(global_ids[c * 256 + k] as usize, row);
+            }
+        });
+        EmbeddingTable { rows: global_ids.len(), dim, data, lazy: None }
+    }
+
     /// A table whose rows are generated from `recipe` only when first used
     /// ([`EmbeddingTable::materialize`]): start-up costs nothing per row, and
     /// memory for rows never used is never touched (the zeroed allocation is

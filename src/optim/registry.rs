@@ -125,6 +125,12 @@ impl TableOptimizerConfig {
         self.spec().validate()
     }
 
+    /// Whether a step changes only the rows in its gradient (a lazy optimizer),
+    /// so rows no batch reaches never move (asked of an empty instance).
+    pub fn updates_only_grad_rows(&self) -> bool {
+        self.init(0, 1).updates_only_grad_rows()
+    }
+
     /// Bytes of state the optimizer will allocate for a `rows × dim` table.
     pub fn state_bytes(&self, rows: usize, dim: usize) -> u64 {
         self.spec().state_bytes(rows, dim)

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod eval;
 pub mod fingerprint;
 pub mod prepare;
+pub mod resident;
 pub mod run_dir;
 mod rowset;
 mod schedule;

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{self, Checkpoint, CheckpointStats, Checkpointer, TrainerState};
 use super::eval::{evaluate, EvalMetrics};
 use super::prepare::{prepare, Prepared};
+use super::resident::ResidentRows;
 use super::run_dir::{self, MetricsLog};
 use super::schedule::lr_factor;
 use crate::config::Config;
@@ -119,7 +121,11 @@ pub struct RunOutcome {
     #[serde(default)]
     pub step_time: StepTimeStats,
     pub mean_rows_touched: f64,
+    /// Rows of the whole table.
     pub table_rows: usize,
+    /// Rows held in memory while training (the rows the data reaches, for a lazy optimizer).
+    #[serde(default)]
+    pub resident_rows: usize,
     pub table_bytes: u64,
     pub optimizer_state_bytes: u64,
     pub peak_rss_bytes: u64,
@@ -176,7 +182,11 @@ struct Run<B: AutodiffBackend> {
     dir: PathBuf,
     device: B::Device,
     data: Prepared,
+    /// The rows held: all of the table's, or only `resident` ones (local ids).
     table: EmbeddingTable,
+    /// The whole table's shape and initial values.
+    recipe: TableRecipe,
+    resident: Option<Arc<ResidentRows>>,
     head: Head<B>,
     table_optimizer: Box<dyn TableOptimizer>,
     head_optimizer: OptimizerAdaptor<Adam, Head<B>, B>,
@@ -192,6 +202,8 @@ struct Run<B: AutodiffBackend> {
     summary: Option<RunSummary>,
     metrics: MetricsLog,
     best: Option<EvalMetrics>,
+    /// The newest evaluation and the step it was taken at.
+    last_eval: Option<(u64, EvalMetrics)>,
     timings: StepTimings,
     /// Whole-step times of this session (4 bytes a step).
     step_ms: Vec<f32>,
@@ -240,7 +252,7 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         Some(dir) => Some(Checkpoint::open_latest(dir)?),
         None => None,
     };
-    let data = prepare(&config)?;
+    let mut data = prepare(&config)?;
     if options.resume.is_some() {
         // Before anything in the run directory is rewritten: resuming on other data
         // would put labels on the wrong outputs and words on other rows.
@@ -287,8 +299,22 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
 
     let rows = data.featurizer.rows();
     let dim = config.model.dim;
+    // A lazy optimizer moves only the rows batches reach, and evaluation reads only
+    // the test rows: hold just those (under local ids); the others keep their initial
+    // values, which checkpoints and export regenerate from the table's recipe.
+    let hold_reached = config.memory.table_rows == crate::config::TableRows::Reached;
+    let resident = (hold_reached && config.optimizer.table.updates_only_grad_rows()).then(|| {
+        let r = ResidentRows::reached_by(rows, &[&data.train.ids, &data.test.ids]);
+        r.localize(&mut Arc::get_mut(&mut data.train).expect("the training set is not shared yet").ids);
+        r.localize(&mut data.test.ids);
+        Arc::new(r)
+    });
+    let held_rows = resident.as_ref().map_or(rows, |r| r.len());
+    if log && resident.is_some() {
+        eprintln!("table: {held_rows} of {rows} rows held in memory (the rows the data reaches; the others keep their initial values)");
+    }
     // Before the table and its optimizer state are allocated.
-    let (huge_pages, page_share) = huge_pages_for(&config, &data.train.ids, rows);
+    let (huge_pages, page_share) = huge_pages_for(&config, &data.train.ids, held_rows);
     crate::model::table::set_huge_pages(huge_pages);
     if log {
         eprintln!(
@@ -299,7 +325,7 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         );
     }
     let head_config = HeadConfig { input: dim, hidden: config.model.hidden.clone(), classes: data.labels.len() };
-    let plan = MemoryPlan::new(&config, rows, &head_config, (data.train.ids.len() + data.test.ids.len()) as u64, dense);
+    let plan = MemoryPlan::new(&config, held_rows, &head_config, (data.train.ids.len() + data.test.ids.len()) as u64, dense);
     if let Err(e) = plan.check(&config, dense) {
         if created {
             drop(lock);
@@ -310,17 +336,21 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
     if log {
         eprintln!("memory plan:\n{}", plan.describe());
     }
-    let mut table_optimizer = config.optimizer.table.init(rows, dim);
+    let mut table_optimizer = config.optimizer.table.init(held_rows, dim);
     let mut head_optimizer = head_optimizer_config(&config).init::<B, Head<B>>();
     // Rows are generated from the recipe when first used: start-up costs
     // nothing per row, and rows no batch touches are never written.
     let recipe = TableRecipe { rows, dim, init: config.model.init, seed: config.experiment.seed };
-    let mut table = EmbeddingTable::lazy(recipe);
+    let mut table = match &resident {
+        // Every held row is read (train or test): generate them all now, in parallel.
+        Some(r) => EmbeddingTable::from_recipe_rows(recipe, r.global_ids()),
+        None => EmbeddingTable::lazy(recipe),
+    };
     let (head_weights, state) = match &checkpoint {
         Some(ckpt) => {
-            ckpt.restore_table(&mut table)?;
+            ckpt.restore_table(&mut table, resident.as_deref())?;
             let head = ckpt.head()?;
-            ckpt.load_table_optimizer(table_optimizer.as_mut())?;
+            ckpt.load_table_optimizer(table_optimizer.as_mut(), resident.as_deref())?;
             let record = recorder().load(ckpt.head_optimizer_record()?, &device).with_context(|| format!("{}: head optimizer state", ckpt.dir.display()))?;
             head_optimizer = head_optimizer.load_record(record);
             (head, ckpt.state.clone())
@@ -334,7 +364,7 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
     // Evaluation reads the test examples' rows: materialise them once.
     table.materialize(&data.test.ids);
     let optimizer_config = serde_json::to_value(&config.optimizer.table).context("recording the table optimizer config")?;
-    let checkpointer = Checkpointer::new(&dir, &config.checkpoint, recipe, optimizer_config, checkpoint.as_ref())?;
+    let checkpointer = Checkpointer::new(&dir, &config.checkpoint, recipe, resident.clone(), optimizer_config, checkpoint.as_ref())?;
     let head = Head::<B>::from_weights(&head_weights, &device);
     // A fresh run in a reused directory starts a fresh log; a resumed one drops records past its checkpoint.
     let metrics = MetricsLog::open(&dir, Some(checkpoint.as_ref().map_or(0, |c| c.state.step)))?;
@@ -346,6 +376,8 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         device,
         data,
         table,
+        recipe,
+        resident,
         head,
         table_optimizer,
         head_optimizer,
@@ -358,6 +390,7 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         summary,
         metrics,
         best: None,
+        last_eval: None,
         timings: StepTimings::default(),
         step_ms: Vec::new(),
         rows_touched: 0,
@@ -421,7 +454,7 @@ impl<B: AutodiffBackend> Run<B> {
 
     fn graph_spec(&self, dense: DenseDevice) -> GraphSpec {
         GraphSpec {
-            table_rows: self.table.rows() as u64,
+            table_rows: self.recipe.rows as u64,
             dim: self.table.dim(),
             pooling: self.config.model.pooling.name().into(),
             table_device: TABLE_DEVICE.into(),
@@ -701,10 +734,12 @@ impl<B: AutodiffBackend> Run<B> {
         if self.best.as_ref().is_none_or(|b| m.accuracy > b.accuracy) {
             self.best = Some(m.clone());
         }
+        self.last_eval = Some((step, m.clone()));
         Ok(m)
     }
 
-    /// Saves a checkpoint: in the loop on a background thread, at the end durably before returning.
+    /// Saves a checkpoint on a background thread (with `checkpoint.background`);
+    /// the final one is waited for in [`Run::finish`].
     fn checkpoint(&mut self, final_save: bool) -> anyhow::Result<PathBuf> {
         let record = recorder().record(self.head_optimizer.to_record(), ()).context("serialising the head optimizer")?;
         self.checkpointer.save(&self.state, &self.table, &self.head.weights(), self.table_optimizer.as_ref(), record, final_save)?;
@@ -712,16 +747,27 @@ impl<B: AutodiffBackend> Run<B> {
     }
 
     fn finish(&mut self, interrupted: bool) -> anyhow::Result<RunOutcome> {
+        // The final checkpoint is written and fsynced on its thread while the
+        // final evaluation and the projector run; it is durable before the
+        // summary reports the run finished.
         let ckpt = self.checkpoint(true)?;
         // The checkpoint keeps lazy weight decay's state (resume stays exact);
         // evaluation and the projector see the weights a dense optimizer would
         // have, as export does (Checkpoint::model applies the same decay).
-        if self.table_optimizer.state().iter().any(|(name, _)| *name == "row_log_decay") {
+        let owes_decay = self.table_optimizer.state().iter().any(|(name, _)| *name == "row_log_decay");
+        if owes_decay {
             self.table.materialize_all();
             self.table_optimizer.apply_pending_decay(&mut self.table);
         }
-        let head = self.head.valid().weights();
-        let final_eval = evaluate(&self.table, &head, self.config.model.pooling, &self.data.test, self.config.train.top_k);
+        let final_eval = match &self.last_eval {
+            // The loop has just evaluated these very weights (at the end of the last epoch).
+            Some((step, m)) if *step == self.state.step && !owes_decay => m.clone(),
+            _ => evaluate(&self.table, &self.head.valid().weights(), self.config.model.pooling, &self.data.test, self.config.train.top_k),
+        };
+        if self.config.logging.tensorboard {
+            self.write_projector()?;
+        }
+        self.checkpointer.finish()?;
         let n = self.steps_this_session.max(1) as f64;
         let t = &self.timings;
         let timings = StepTimings {
@@ -747,7 +793,8 @@ impl<B: AutodiffBackend> Run<B> {
             step_timings: timings,
             step_time: StepTimeStats::of(&self.step_ms),
             mean_rows_touched: per_step(self.rows_touched),
-            table_rows: self.table.rows(),
+            table_rows: self.recipe.rows,
+            resident_rows: self.table.rows(),
             table_bytes: self.table.bytes() as u64,
             optimizer_state_bytes: self.table_optimizer.state_bytes() as u64,
             peak_rss_bytes: sys::peak_rss_bytes().unwrap_or(0),
@@ -756,9 +803,6 @@ impl<B: AutodiffBackend> Run<B> {
             checkpoint: self.checkpointer.stats().clone(),
         };
         crate::io::write_atomic(&self.dir.join("summary.json"), |w| serde_json::to_writer_pretty(w, &outcome).map_err(std::io::Error::other))?;
-        if self.config.logging.tensorboard {
-            self.write_projector()?;
-        }
         if !self.config.logging.quiet {
             eprintln!("checkpoint: {}", ckpt.display());
         }
@@ -771,10 +815,21 @@ impl<B: AutodiffBackend> Run<B> {
             return Ok(());
         }
         let words = &self.data.featurizer.vocab().words()[..n];
-        let ids: Vec<u32> = (0..n as u32).collect();
-        self.table.materialize(&ids);
         let dim = self.table.dim();
-        crate::summary::write_projector(&self.dir, words, &self.table.as_slice()[..n * dim], dim)
+        let Some(resident) = &self.resident else {
+            let ids: Vec<u32> = (0..n as u32).collect();
+            self.table.materialize(&ids);
+            return crate::summary::write_projector(&self.dir, words, &self.table.as_slice()[..n * dim], dim);
+        };
+        // Word w is table row w: held, or still at its initial value.
+        let mut vectors = vec![0f32; n * dim];
+        for (w, out) in vectors.chunks_mut(dim).enumerate() {
+            match resident.local(w as u32) {
+                Some(local) => out.copy_from_slice(self.table.row(local as usize)),
+                None => self.recipe.initial_row(w, out),
+            }
+        }
+        crate::summary::write_projector(&self.dir, words, &vectors, dim)
     }
 }
 

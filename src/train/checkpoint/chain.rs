@@ -11,6 +11,7 @@ use super::{checkpoints_dir, TrainerState};
 use crate::io::SafetensorsFile;
 use crate::model::{DenseLayer, EmbeddingTable, HeadWeights, TableRecipe};
 use crate::optim::{StateError, StateSource, TableOptimizer, TableOptimizerConfig};
+use crate::train::resident::ResidentRows;
 
 /// A checkpoint whose whole chain was verified against its manifests.
 pub struct Checkpoint {
@@ -128,10 +129,14 @@ impl Checkpoint {
 
     /// Writes the chain's rows into `table` (created from [`Checkpoint::recipe`]),
     /// base first, marking them materialised; other rows keep their initial value.
-    pub fn restore_table(&self, table: &mut EmbeddingTable) -> anyhow::Result<()> {
+    /// With `resident`, `table` holds only those rows of the checkpoint's table
+    /// (a trainer's resident rows), in their local order.
+    pub fn restore_table(&self, table: &mut EmbeddingTable, resident: Option<&ResidentRows>) -> anyhow::Result<()> {
         let recipe = self.recipe();
-        if (table.rows(), table.dim()) != (recipe.rows, recipe.dim) {
-            bail!("{}: checkpoint table is {}×{}, the data and config give {}×{}", self.dir.display(), recipe.rows, recipe.dim, table.rows(), table.dim());
+        let local_rows = resident.map_or(recipe.rows, |r| r.len());
+        let full_rows = resident.map_or(recipe.rows, |r| r.table_rows());
+        if (table.rows(), table.dim(), full_rows) != (local_rows, recipe.dim, recipe.rows) {
+            bail!("{}: checkpoint table is {}×{}, the data and config give {}×{}", self.dir.display(), recipe.rows, recipe.dim, full_rows, table.dim());
         }
         let dim = recipe.dim;
         for (dir, m) in &self.links {
@@ -140,15 +145,12 @@ impl Checkpoint {
             if shape != [m.rows_stored as usize, dim] {
                 bail!("{}: table rows have shape {shape:?}, expected [{}, {dim}]", dir.join(ROWS_FILE).display(), m.rows_stored);
             }
-            let values: &mut [f32] = table.as_mut_slice();
-            if m.all_rows {
-                bytemuck::cast_slice_mut::<f32, u8>(values).copy_from_slice(bytes);
-                table.mark_materialized(&(0..recipe.rows as u32).collect::<Vec<_>>());
-                continue;
+            let rows = LinkRows::of(&file, dir, m, recipe.rows, resident)?;
+            rows.copy_into(bytes, dim * 4, bytemuck::cast_slice_mut(table.as_mut_slice()));
+            match rows {
+                LinkRows::Ids(ids) => table.mark_materialized(&ids),
+                LinkRows::All | LinkRows::Pick(_) => table.mark_materialized(&(0..local_rows as u32).collect::<Vec<_>>()),
             }
-            let ids = stored_ids(&file, dir, m, recipe.rows)?;
-            scatter(bytes, &ids, dim * 4, bytemuck::cast_slice_mut(values));
-            table.mark_materialized(&ids);
         }
         Ok(())
     }
@@ -159,7 +161,7 @@ impl Checkpoint {
     pub fn model(&self) -> anyhow::Result<(EmbeddingTable, HeadWeights)> {
         let r = self.recipe();
         let mut table = EmbeddingTable::new(r.rows, r.dim, r.init, r.seed);
-        self.restore_table(&mut table)?;
+        self.restore_table(&mut table, None)?;
         if self.owes_decay()? {
             self.table_optimizer()?.apply_pending_decay(&mut table);
         }
@@ -172,7 +174,7 @@ impl Checkpoint {
             .with_context(|| format!("{}: table optimizer config", self.dir.join("MANIFEST.json").display()))?;
         let r = self.recipe();
         let mut optimizer = config.init(r.rows, r.dim);
-        self.load_table_optimizer(optimizer.as_mut())?;
+        self.load_table_optimizer(optimizer.as_mut(), None)?;
         Ok(optimizer)
     }
 
@@ -199,18 +201,20 @@ impl Checkpoint {
     }
 
     /// Loads the chain's optimizer state into `optimizer`, which must be
-    /// freshly initialised (rows the chain does not store stay zero).
-    pub fn load_table_optimizer(&self, optimizer: &mut dyn TableOptimizer) -> anyhow::Result<()> {
+    /// freshly initialised (rows the chain does not store stay zero). With
+    /// `resident`, the optimizer holds only those rows, as in [`Checkpoint::restore_table`].
+    pub fn load_table_optimizer(&self, optimizer: &mut dyn TableOptimizer, resident: Option<&ResidentRows>) -> anyhow::Result<()> {
         if optimizer.name() != self.table_optimizer {
             bail!("{}: checkpoint was trained with {}, the config asks for {}", self.dir.display(), self.table_optimizer, optimizer.name());
         }
-        let rows = self.recipe().rows;
+        let full_rows = self.recipe().rows;
         let mut links = Vec::new();
         for (dir, m) in &self.links {
             let file = SafetensorsFile::open(&dir.join(ROWS_FILE))?;
-            let ids = if m.all_rows { None } else { Some(stored_ids(&file, dir, m, rows)?) };
-            links.push((file, ids));
+            let rows = LinkRows::of(&file, dir, m, full_rows, resident)?;
+            links.push((file, rows));
         }
+        let rows = resident.map_or(full_rows, |r| r.len());
         let source = ChainState { links, rows, per_row: optimizer.per_row_state() };
         optimizer.load_state(&source).with_context(|| format!("{}", self.dir.join(ROWS_FILE).display()))
     }
@@ -235,19 +239,68 @@ fn stored_ids(file: &SafetensorsFile, dir: &Path, m: &Manifest, rows: usize) -> 
     Ok(ids)
 }
 
-/// Writes stored row `k` of `bytes` to row `ids[k]` of `into` (rows of `row_bytes`):
-/// the inverse of the writer's gather.
-fn scatter(bytes: &[u8], ids: &[u32], row_bytes: usize, into: &mut [u8]) {
-    for (k, &r) in ids.iter().enumerate() {
-        let r = r as usize;
-        into[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&bytes[k * row_bytes..(k + 1) * row_bytes]);
+/// Where a link's stored rows go in the table being restored.
+enum LinkRows {
+    /// The link stores every row of the table, which is restored whole.
+    All,
+    /// Stored row `k` goes to row `ids[k]` (local ids when restoring resident rows).
+    Ids(Vec<u32>),
+    /// The link stores every row; the table being restored holds only these (global ids, ascending).
+    Pick(Vec<u32>),
+}
+
+impl LinkRows {
+    fn of(file: &SafetensorsFile, dir: &Path, m: &Manifest, full_rows: usize, resident: Option<&ResidentRows>) -> anyhow::Result<Self> {
+        Ok(match (m.all_rows, resident) {
+            (true, None) => LinkRows::All,
+            (true, Some(r)) => LinkRows::Pick(r.global_ids().to_vec()),
+            (false, None) => LinkRows::Ids(stored_ids(file, dir, m, full_rows)?),
+            (false, Some(r)) => {
+                let mut ids = stored_ids(file, dir, m, full_rows)?;
+                for id in &mut ids {
+                    *id = r.local(*id).with_context(|| {
+                        format!("{}: stores row {id}, which the data no longer reaches (did the data change?)", dir.join(ROWS_FILE).display())
+                    })?;
+                }
+                LinkRows::Ids(ids)
+            }
+        })
+    }
+
+    /// Whether `bytes` holds this link's rows of `row_bytes` each, for a table of `rows` rows.
+    fn fits(&self, bytes: usize, row_bytes: usize, rows: usize) -> bool {
+        match self {
+            LinkRows::All => bytes == rows * row_bytes,
+            LinkRows::Ids(ids) => bytes == ids.len() * row_bytes,
+            LinkRows::Pick(global) => global.last().is_none_or(|&g| (g as usize + 1) * row_bytes <= bytes),
+        }
+    }
+
+    /// Writes the stored rows in `bytes` to their rows of `into` (rows of `row_bytes`):
+    /// the inverse of the writer's gather.
+    fn copy_into(&self, bytes: &[u8], row_bytes: usize, into: &mut [u8]) {
+        match self {
+            LinkRows::All => into.copy_from_slice(bytes),
+            LinkRows::Ids(ids) => {
+                for (k, &r) in ids.iter().enumerate() {
+                    let r = r as usize;
+                    into[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&bytes[k * row_bytes..(k + 1) * row_bytes]);
+                }
+            }
+            LinkRows::Pick(global) => {
+                for (local, &g) in global.iter().enumerate() {
+                    let g = g as usize;
+                    into[local * row_bytes..(local + 1) * row_bytes].copy_from_slice(&bytes[g * row_bytes..(g + 1) * row_bytes]);
+                }
+            }
+        }
     }
 }
 
 /// The optimizer state of a chain, as a [`StateSource`]: per-row arrays are
 /// the links' rows scattered in order, global arrays the newest link's.
 struct ChainState {
-    links: Vec<(SafetensorsFile, Option<Vec<u32>>)>,
+    links: Vec<(SafetensorsFile, LinkRows)>,
     rows: usize,
     per_row: &'static [&'static str],
 }
@@ -264,13 +317,12 @@ impl ChainState {
         let width = into.len() / self.rows;
         let row_bytes = width * std::mem::size_of::<T>();
         let key = format!("state.{name}");
-        for (file, ids) in &self.links {
+        for (file, rows) in &self.links {
             let (bytes, _) = file.raw(&key, dtype).map_err(|_| StateError::Missing(key.clone()))?;
-            match ids {
-                None if bytes.len() == std::mem::size_of_val(into) => bytemuck::cast_slice_mut::<T, u8>(into).copy_from_slice(bytes),
-                Some(ids) if bytes.len() == ids.len() * row_bytes => scatter(bytes, ids, row_bytes, bytemuck::cast_slice_mut(into)),
-                _ => return Err(StateError::WrongLength { name: key, expected: into.len(), found: bytes.len() / std::mem::size_of::<T>() }),
+            if !rows.fits(bytes.len(), row_bytes, self.rows) {
+                return Err(StateError::WrongLength { name: key, expected: into.len(), found: bytes.len() / std::mem::size_of::<T>() });
             }
+            rows.copy_into(bytes, row_bytes, bytemuck::cast_slice_mut(into));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::Checkpoint;
 use super::manifest::{LinkKind, Manifest, CHECKPOINT_FORMAT_VERSION, HEAD_FILE, HEAD_OPTIM_FILE, LATEST_FILE, MANIFEST_FILE, ROWS_FILE, TRAINER_FILE};
+use crate::train::resident::ResidentRows;
 use crate::train::rowset::RowSet;
 use super::{checkpoints_dir, folder_name, TrainerState};
 use crate::config::CheckpointConfig;
@@ -53,6 +55,8 @@ pub struct Checkpointer {
     compact_ratio: f64,
     background: bool,
     recipe: TableRecipe,
+    /// The rows the trainer holds, when it holds only some (its ids are local ids).
+    resident: Option<Arc<ResidentRows>>,
     optimizer_config: serde_json::Value,
     /// Rows changed since the run began: what a base stores.
     touched: RowSet,
@@ -83,16 +87,28 @@ impl Checkpointer {
     /// Starts checkpointing into `<run_dir>/checkpoints`, continuing the chain
     /// of `resumed` if given. The caller holds the run's lock: any staging
     /// leftovers there belong to a dead process and are removed.
-    pub fn new(run_dir: &Path, config: &CheckpointConfig, recipe: TableRecipe, optimizer_config: serde_json::Value, resumed: Option<&Checkpoint>) -> anyhow::Result<Self> {
+    /// With `resident`, the trainer holds only those rows of the table (row
+    /// ids given to this checkpointer are local ids); files store global ids.
+    pub fn new(
+        run_dir: &Path,
+        config: &CheckpointConfig,
+        recipe: TableRecipe,
+        resident: Option<Arc<ResidentRows>>,
+        optimizer_config: serde_json::Value,
+        resumed: Option<&Checkpoint>,
+    ) -> anyhow::Result<Self> {
         let root = checkpoints_dir(run_dir);
         std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
         remove_leftovers(&root);
-        let mut touched = RowSet::new(recipe.rows);
+        let local_rows = resident.as_ref().map_or(recipe.rows, |r| r.len());
+        let mut touched = RowSet::new(local_rows);
         let mut tip = None;
         if let Some(c) = resumed {
-            match c.stored_rows()? {
-                Some(rows) => touched.insert(&rows),
-                None => touched.insert_all(),
+            match (c.stored_rows()?, &resident) {
+                (Some(rows), None) => touched.insert(&rows),
+                // The chain was checked against the resident rows when it was restored.
+                (Some(rows), Some(r)) => touched.insert(&rows.iter().filter_map(|&g| r.local(g)).collect::<Vec<_>>()),
+                (None, _) => touched.insert_all(),
             }
             let (base_bytes, delta_bytes) = c.chain_bytes();
             let (name, depth) = c.tip();
@@ -105,9 +121,10 @@ impl Checkpointer {
             compact_ratio: config.compact_ratio,
             background: config.background,
             recipe,
+            resident,
             optimizer_config,
             touched,
-            dirty: RowSet::new(recipe.rows),
+            dirty: RowSet::new(local_rows),
             tip,
             last_step: resumed.map(|c| c.state.step),
             in_flight: None,
@@ -134,8 +151,9 @@ impl Checkpointer {
     /// Saves a checkpoint of the state at `state.step`, unless one of that
     /// step is already complete (a checkpoint is never rewritten). With
     /// `background`, the rows are copied and written on a thread while
-    /// training continues; otherwise (and for the final checkpoint) the call
-    /// returns once the checkpoint is durable.
+    /// training continues (the final one too: wait for it with
+    /// [`Checkpointer::finish`]); otherwise the call returns once the
+    /// checkpoint is durable.
     pub fn save(&mut self, state: &TrainerState, table: &EmbeddingTable, head: &HeadWeights, optimizer: &dyn TableOptimizer, head_record: Vec<u8>, final_save: bool) -> anyhow::Result<()> {
         let started = Instant::now();
         // At most one in flight: a previous write must finish (and its error surfaces) first.
@@ -145,7 +163,7 @@ impl Checkpointer {
             self.dirty.clear();
             self.last_step = Some(state.step);
             let (root, keep) = (self.root.clone(), self.keep);
-            if self.background && !final_save {
+            if self.background {
                 let handle = std::thread::Builder::new()
                     .name("checkpoint".into())
                     .spawn(move || snapshot.write(&root, keep))
@@ -159,6 +177,14 @@ impl Checkpointer {
         let seconds = started.elapsed().as_secs_f64();
         if final_save { self.stats.seconds_final += seconds } else { self.stats.seconds_in_loop += seconds }
         Ok(())
+    }
+
+    /// Waits for the final checkpoint (counted as final-checkpoint time).
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let result = self.wait();
+        self.stats.seconds_final += started.elapsed().as_secs_f64();
+        result
     }
 
     /// Waits for the checkpoint in flight, if any; returns its error.
@@ -188,7 +214,8 @@ impl Checkpointer {
     /// Copies what the next checkpoint stores: a delta of the dirty rows while
     /// the chain is short and its deltas lighter than its base, else a new base.
     fn snapshot(&mut self, state: &TrainerState, table: &EmbeddingTable, head: &HeadWeights, optimizer: &dyn TableOptimizer, head_record: Vec<u8>) -> anyhow::Result<Snapshot> {
-        let rows = self.recipe.rows;
+        // Rows the trainer holds (all of the table's, or its resident rows).
+        let rows = table.rows();
         let dim = table.dim();
         let arrays = optimizer.state();
         let per_row_bytes: usize = arrays.iter().filter(|(n, _)| optimizer.per_row_state().contains(n)).map(|(_, d)| d.bytes() / rows.max(1)).sum();
@@ -207,10 +234,19 @@ impl Checkpointer {
             t.depth = depth;
         }
 
+        // Resident rows: "every row" means every resident row, named by its global id.
+        let ids = match (&self.resident, ids) {
+            (Some(_), None) => Some((0..rows as u32).collect::<Vec<_>>()),
+            (_, ids) => ids,
+        };
         let mut tensors = Vec::new();
         let stored = ids.as_ref().map_or(rows, |ids| ids.len());
         if let Some(ids) = &ids {
-            tensors.push(OwnedTensor { name: "ids".into(), dtype: Dtype::U32, shape: vec![ids.len()], bytes: bytemuck::cast_slice(ids).to_vec() });
+            let global = match &self.resident {
+                Some(r) => r.globalize(ids),
+                None => ids.clone(),
+            };
+            tensors.push(OwnedTensor { name: "ids".into(), dtype: Dtype::U32, shape: vec![ids.len()], bytes: bytemuck::cast_slice(&global).to_vec() });
         }
         tensors.push(OwnedTensor { name: "table".into(), dtype: Dtype::F32, shape: vec![stored, dim], bytes: gather(bytemuck::cast_slice(table.as_slice()), dim * 4, ids.as_deref()) });
         for (array, data) in &arrays {
