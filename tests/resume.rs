@@ -120,7 +120,7 @@ fn a_reused_run_directory_a_refused_plan_and_a_non_utf8_path_start_nothing() {
     // A memory plan that is refused leaves no empty run folder behind.
     let logs = tmp.path().join("logs");
     let l = format!("logging.dir={:?}", logs.display().to_string());
-    let out = sparseburn(&["train", "configs/quickstart.toml", "--set", &l, "--set", "vocab.buckets=50000000", "--set", "memory.host_max_gb=1"]);
+    let out = sparseburn(&["train", "configs/quickstart.toml", "--set", &l, "--set", "vocab.buckets=50000000", "--set", "memory.host_max_gb=1", "--set", "memory.table_rows=all"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("memory.host_max_gb"));
     let experiment = logs.join("quickstart");
     let left: Vec<_> = std::fs::read_dir(&experiment).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();

@@ -66,10 +66,17 @@ fn every_config_error_names_the_file_and_key() {
 
 #[test]
 fn a_table_that_does_not_fit_is_refused_with_the_numbers() {
-    let c = quickstart(&["vocab.buckets=50000000", "memory.host_max_gb=1"]);
+    // Holding every row, 50M buckets do not fit in 1 GB.
+    let c = quickstart(&["vocab.buckets=50000000", "memory.host_max_gb=1", "memory.table_rows=all"]);
     let dir = tempfile::tempdir().unwrap();
     let e = format!("{:#}", train::train(&c, &TrainOptions { run_dir: Some(dir.path().join("run")), ..Default::default() }).unwrap_err());
     assert!(e.contains("vocab.buckets") && e.contains("memory.host_max_gb") && e.contains("embedding table 12.801 GB"), "{e}");
+
+    // Holding only the rows the data reaches (the default for a lazy optimizer), they do.
+    let c = quickstart(&["vocab.buckets=50000000", "memory.host_max_gb=1", "train.epochs=1"]);
+    let out = train::train(&c, &TrainOptions { run_dir: Some(dir.path().join("reached")), ..Default::default() }).unwrap();
+    assert!(out.table_rows > 50_000_000 && out.resident_rows < 100_000, "{} of {} rows held", out.resident_rows, out.table_rows);
+    assert!(out.table_bytes + out.optimizer_state_bytes < 100_000_000 && out.peak_rss_bytes < 1_000_000_000, "{out:?}");
 }
 
 #[test]
