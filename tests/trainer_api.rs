@@ -114,7 +114,13 @@ fn observers_see_what_the_run_writes_to_its_metrics_file() {
     let records = run_dir::read_metrics(dir.path()).unwrap();
     let evals: Vec<EvalRecord> = records.iter().filter_map(|r| if let MetricsRecord::Eval(e) = r { Some(e.clone()) } else { None }).collect();
     let logged: Vec<(u64, f32)> = records.iter().filter_map(|r| if let MetricsRecord::Train(t) = r { Some((t.step, t.loss)) } else { None }).collect();
-    assert_eq!(seen.evals, evals);
+    // serde_json parses floats to within an ulp (without its float_roundtrip feature).
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
+    assert_eq!(seen.evals.len(), evals.len());
+    for (a, b) in seen.evals.iter().zip(&evals) {
+        assert_eq!((a.step, a.epoch, a.k), (b.step, b.epoch, b.k));
+        assert!(close(a.loss, b.loss) && close(a.accuracy, b.accuracy) && close(a.top_k_accuracy, b.top_k_accuracy) && close(a.train_seconds, b.train_seconds), "{a:?} vs {b:?}");
+    }
     assert_eq!(evals.len(), 4, "one evaluation per epoch");
     assert_eq!(seen.logged, logged);
     assert!(logged.iter().all(|(s, _)| s % 5 == 0) && !logged.is_empty());
