@@ -79,7 +79,7 @@ impl Observer for Progress {
     }
 }
 
-/// A loss with four significant digits: `0.6931`, or `3.215e-5` where
+/// A loss with four decimals (`0.8123`), or four significant digits (`3.215e-5`) where
 /// four decimals would show `0.0000`.
 pub fn format_loss(x: f64) -> String {
     if x != 0.0 && x.abs() < 1e-3 && x.is_finite() { format!("{x:.3e}") } else { format!("{x:.4}") }
@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn small_losses_keep_their_digits() {
-        assert_eq!(format_loss(0.693147), "0.6931");
+        assert_eq!(format_loss(0.812349), "0.8123");
         assert_eq!(format_loss(0.0), "0.0000");
         assert_eq!(format_loss(3.2154e-5), "3.215e-5");
         assert_eq!(format_loss(-2.5e-7), "-2.500e-7");
