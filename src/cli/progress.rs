@@ -15,20 +15,22 @@ pub struct Progress {
     terminal: bool,
     bar: Option<ProgressBar>,
     total: u64,
-    /// Step and time this session started from (the ETA's rate counts this session only).
-    first_step: u64,
-    started: Instant,
-    last_line: Option<Instant>,
+    /// The first step this session finished, and when: the ETA's rate counts
+    /// the steps after it (the first one also pays for start-up, and on a GPU
+    /// for compiling kernels).
+    first_step: Option<(u64, Instant)>,
+    last_line: Instant,
 }
 
 impl Progress {
     pub fn new(every: Duration) -> Self {
-        Progress { every, terminal: std::io::stderr().is_terminal(), bar: None, total: 0, first_step: 0, started: Instant::now(), last_line: None }
+        Progress { every, terminal: std::io::stderr().is_terminal(), bar: None, total: 0, first_step: None, last_line: Instant::now() }
     }
 
     fn eta(&self, step: u64) -> Option<Duration> {
-        let done = step.saturating_sub(self.first_step);
-        (done > 0).then(|| self.started.elapsed().mul_f64(self.total.saturating_sub(step) as f64 / done as f64))
+        let (first, at) = self.first_step?;
+        let done = step.saturating_sub(first);
+        (done > 0).then(|| at.elapsed().mul_f64(self.total.saturating_sub(step) as f64 / done as f64))
     }
 
     fn print(&self, line: &str) {
@@ -42,7 +44,7 @@ impl Progress {
 
 impl Observer for Progress {
     fn on_start(&mut self, start: &RunStart) {
-        (self.total, self.first_step, self.started) = (start.total_steps, start.first_step, Instant::now());
+        (self.total, self.first_step, self.last_line) = (start.total_steps, None, Instant::now());
         if self.terminal {
             let bar = ProgressBar::new(start.total_steps);
             bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} ETA {msg}").expect("valid template").progress_chars("=> "));
@@ -53,13 +55,14 @@ impl Observer for Progress {
 
     fn on_step(&mut self, e: &StepEvent) {
         let r = e.record;
+        self.first_step.get_or_insert_with(|| (r.step, Instant::now()));
         let eta = self.eta(r.step).map_or_else(|| "?".to_string(), format_duration);
         let what = format!("epoch {} loss {} {:.0} examples/s", r.epoch + 1, format_loss(r.loss as f64), r.examples_per_second);
         if let Some(bar) = &self.bar {
             bar.set_position(r.step);
             bar.set_message(format!("{eta} {what}"));
-        } else if self.last_line.is_none_or(|t| t.elapsed() >= self.every) || r.step == self.total {
-            self.last_line = Some(Instant::now());
+        } else if self.last_line.elapsed() >= self.every || r.step == self.total {
+            self.last_line = Instant::now();
             eprintln!("step {}/{} {what} ETA {eta}", r.step, self.total);
         }
     }
@@ -124,8 +127,10 @@ mod tests {
     #[test]
     fn eta_extrapolates_this_session_s_rate() {
         let mut p = Progress::new(Duration::from_secs(10));
-        (p.total, p.first_step, p.started) = (1000, 400, Instant::now() - Duration::from_secs(60));
-        assert_eq!(p.eta(400), None, "no step done yet: no rate");
+        p.total = 1000;
+        assert_eq!(p.eta(400), None, "no step seen yet: no rate");
+        p.first_step = Some((400, Instant::now() - Duration::from_secs(60)));
+        assert_eq!(p.eta(400), None, "only the first step: no rate");
         // 100 steps in 60 s; 500 to go: 300 s.
         let eta = p.eta(500).unwrap().as_secs_f64();
         assert!((eta - 300.0).abs() < 1.0, "{eta}");
