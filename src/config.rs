@@ -290,13 +290,13 @@ impl Config {
     /// Reads `path`, applies `overrides` (`key.path=value`), and validates.
     pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        Config::from_toml(&text, &path.display().to_string(), path.parent(), overrides)
+        Config::from_toml(&text, &path.display().to_string(), overrides)
     }
 
     /// Parses TOML `text` (named `source` in errors). Relative data paths are
     /// taken relative to the current directory (so configs in `configs/` name
     /// files from the project root, as the shipped ones do).
-    pub fn from_toml(text: &str, source: &str, _dir: Option<&Path>, overrides: &[String]) -> anyhow::Result<Config> {
+    pub fn from_toml(text: &str, source: &str, overrides: &[String]) -> anyhow::Result<Config> {
         let mut value: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{source}: invalid TOML: {e}"))?;
         for o in overrides {
             apply_override(&mut value, o)?;
@@ -321,16 +321,31 @@ impl Config {
         self.validate_from(&|_| source.to_string())
     }
 
+    /// [`Config::validate`] without the `data` file checks: for training on
+    /// examples given in memory, where `data.train`/`data.test` are unused.
+    pub fn validate_settings(&self, source: &str) -> anyhow::Result<()> {
+        let origin = |_: &str| source.to_string();
+        self.validate_names(&origin)?;
+        self.validate_values(&origin)
+    }
+
     /// [`Config::validate`], with errors about `key` blamed on `origin(key)` (the file or a `--set`).
     fn validate_from(&self, origin: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
-        let source = origin;
-        let positive = |key: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(at(source, key, format!("must be a positive number, got {v}"))) };
-        let unit = |key: &str, v: f64| if (0.0..1.0).contains(&v) { Ok(()) } else { Err(at(source, key, format!("must be in [0, 1), got {v}"))) };
+        self.validate_names(origin)?;
+        self.validate_data_files(origin)?;
+        self.validate_values(origin)
+    }
+
+    fn validate_names(&self, source: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
         check_name(&self.experiment.name).map_err(|m| at(source, "experiment.name", m))?;
         check_name(&self.experiment.arm).map_err(|m| at(source, "experiment.arm", m))?;
         if self.train.threads > MAX_THREADS {
             bail!(at(source, "train.threads", format!("{} is too many (at most {MAX_THREADS}; 0 = all cores)", self.train.threads)));
         }
+        Ok(())
+    }
+
+    fn validate_data_files(&self, source: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
         if self.data.train.as_os_str().is_empty() {
             bail!(at(source, "data.train", "missing: the training data file is required"));
         }
@@ -344,6 +359,12 @@ impl Config {
         } else if !(self.data.test_fraction > 0.0 && self.data.test_fraction < 1.0) {
             bail!(at(source, "data.test_fraction", format!("must be in (0, 1) when data.test is not set, got {}", self.data.test_fraction)));
         }
+        Ok(())
+    }
+
+    fn validate_values(&self, source: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
+        let positive = |key: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(at(source, key, format!("must be a positive number, got {v}"))) };
+        let unit = |key: &str, v: f64| if (0.0..1.0).contains(&v) { Ok(()) } else { Err(at(source, key, format!("must be in [0, 1), got {v}"))) };
         if self.train.batch_size == 0 {
             bail!(at(source, "train.batch_size", "must be at least 1, got 0"));
         }

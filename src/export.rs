@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::data::{TokenizerConfig, Vocab, VocabConfig};
 use crate::io::{sha256_file, write_atomic, write_safetensors, TensorOut};
 use crate::staging::StagingDir;
-use crate::model::Pooling;
+use crate::model::{DenseLayer, Pooling};
 use crate::train::{checkpoint, run_dir};
 
 /// The bundle format this sparseburn writes and the newest it reads.
@@ -44,22 +44,23 @@ pub const VOCAB_FILE: &str = "vocab.txt";
 pub const STAGING_PREFIX: &str = ".tmp-export-";
 
 /// `sparseburn export RUN_DIR --out MODEL_DIR`
-#[derive(clap::Args, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct ExportArgs {
     /// A training run directory (holds config.toml, vocab.txt, labels.txt, checkpoints/).
     pub run_dir: PathBuf,
     /// Where to write the bundle, e.g. models/<name>/<version>.
-    #[arg(long, conflicts_with = "base")]
+    #[cfg_attr(feature = "cli", arg(long, conflicts_with = "base"))]
     pub out: Option<PathBuf>,
     /// Write the bundle as the next numbered version under this folder, e.g.
     /// models/<name> (without --out or --base: the run config's `[export] dir`).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub base: Option<PathBuf>,
     /// Export this checkpoint folder instead of the run's latest.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub checkpoint: Option<PathBuf>,
     /// Replace an existing bundle at --out.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub force: bool,
 }
 
@@ -86,7 +87,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         dir.display()
     );
     if version_of(&dir).is_none() {
-        eprintln!("note: `sparseburn serve --model-base DIR` serves numbered folders (DIR/1, DIR/2, …); this bundle's folder is not a number");
+        log::warn!("`sparseburn serve --model-base DIR` serves numbered folders (DIR/1, DIR/2, …); this bundle's folder is not a number");
     }
     Ok(())
 }
@@ -438,8 +439,8 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
 
     let mut tensors = vec![TensorOut::f32("table", vec![table.rows(), table.dim()], table.as_slice())];
     for (i, l) in head.layers.iter().enumerate() {
-        tensors.push(TensorOut::f32(format!("head.{i}.weight"), vec![l.input, l.output], &l.weight));
-        tensors.push(TensorOut::f32(format!("head.{i}.bias"), vec![l.output], &l.bias));
+        tensors.push(TensorOut::f32(DenseLayer::weight_name(i), l.weight_shape(), &l.weight));
+        tensors.push(TensorOut::f32(DenseLayer::bias_name(i), l.bias_shape(), &l.bias));
     }
     let meta = HashMap::from([
         ("format".to_string(), "sparseburn-bundle".to_string()),

@@ -1,11 +1,16 @@
-//! The `sparseburn` command line: a thin layer over the library.
+//! The `sparseburn` command line: a thin layer over the library. Argument
+//! parsing, log output, Ctrl-C and the progress display live here ([`cli`]).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sparseburn::cancel::CancelToken;
 use sparseburn::config::Config;
-use sparseburn::train::{self, TrainOptions};
+use sparseburn::train::{self, Observer, TrainOptions};
 
 #[derive(Parser)]
 #[command(name = "sparseburn", version, about = "Train text classifiers with huge sparse embedding tables")]
@@ -29,6 +34,9 @@ enum Command {
         /// Train exactly in this directory instead of <logging.dir>/<experiment>/<arm>-<n>.
         #[arg(long, value_name = "DIR")]
         run_dir: Option<PathBuf>,
+        /// Seconds between progress lines when stderr is not a terminal (a terminal shows a bar).
+        #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+        progress_every: f64,
     },
     /// Run A/B arms × seeds and write a side-by-side report.
     Compare(sparseburn::compare::CompareArgs),
@@ -44,7 +52,10 @@ enum Command {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { config, overrides, resume, run_dir } => {
+        Command::Train { config, overrides, resume, run_dir, progress_every } => {
+            if !(progress_every.is_finite() && progress_every > 0.0) {
+                anyhow::bail!("--progress-every must be a positive number of seconds, got {progress_every}");
+            }
             let (config, resume_overrides) = match (&config, &resume) {
                 (Some(path), Some(dir)) => anyhow::bail!(
                     "give either a config file ({}) or --resume {}, not both: a resumed run continues with its saved config",
@@ -55,8 +66,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(dir)) => (train::run_dir::read_config(dir)?, overrides),
                 (None, None) => anyhow::bail!("give a config file, or --resume RUN_DIR"),
             };
-            train::install_ctrl_c_handler();
-            let outcome = train::train(&config, &TrainOptions { resume, run_dir, resume_overrides, ..Default::default() })?;
+            if config.logging.quiet {
+                cli::quiet_logging();
+            }
+            let cancel = CancelToken::new();
+            cli::cancel_on_ctrl_c(&cancel, "writing a final checkpoint");
+            let observers: Vec<Box<dyn Observer>> =
+                if config.logging.quiet { Vec::new() } else { vec![Box::new(cli::progress::Progress::new(Duration::from_secs_f64(progress_every)))] };
+            let options = TrainOptions { resume, run_dir, resume_overrides, cancel, ..Default::default() };
+            let outcome = train::train_with(&config, &options, observers)?;
             let e = &outcome.final_eval;
             println!(
                 "final eval: accuracy {:.4}, top-{} {:.4}, loss {:.4} ({} examples, {} steps, {:.0} examples/s)",
@@ -72,7 +90,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Compare(args) => sparseburn::compare::run(args),
+        Command::Compare(args) => {
+            let cancel = CancelToken::new();
+            cli::cancel_on_ctrl_c(&cancel, "finishing the report with the runs done so far");
+            sparseburn::compare::run(args, &cancel)
+        }
         Command::Export(args) => sparseburn::export::run(args),
         Command::Predict(args) => sparseburn::serve::predict(args),
         Command::Serve(args) => sparseburn::serve::serve(args),
@@ -82,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli::init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

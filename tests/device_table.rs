@@ -23,7 +23,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use sparseburn::model::device_table::{DeviceTable, DeviceTableState, SegmentReduce, StateArrays};
+use sparseburn::optim::device_table::{DeviceTable, DeviceTableState, SegmentReduce, StateArrays};
 use sparseburn::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableInit};
 use sparseburn::optim::{AdamConfig, BiasCorrection, LazyAdam, StateData, StateError, TableOptimizer};
 

@@ -8,7 +8,7 @@ use sparseburn::optim::{HParam, TableOptimizerConfig};
 const DATA: &str = "[data]\ntrain = \"examples/data/sotu_era_600.tsv\"\n";
 
 fn load(table: &str) -> anyhow::Result<Config> {
-    Config::from_toml(&format!("{DATA}[optimizer.table]\n{table}\n"), "x.toml", None, &[])
+    Config::from_toml(&format!("{DATA}[optimizer.table]\n{table}\n"), "x.toml", &[])
 }
 
 fn error(table: &str) -> String {
@@ -45,7 +45,7 @@ fn kind_defaults_to_lazy_adam_and_lr_shorthand_reaches_every_kind() {
     assert_eq!((c.optimizer.table.name(), c.optimizer.table.lr()), ("lazy_adam", 0.05));
     assert_eq!(TableOptimizerConfig::default().name(), TableOptimizerConfig::kinds()[0]);
     for kind in TableOptimizerConfig::kinds() {
-        let c = Config::from_toml(DATA, "x.toml", None, &[format!("optimizer.table.kind={kind}"), "optimizer.lr=0.02".into()]).unwrap();
+        let c = Config::from_toml(DATA, "x.toml", &[format!("optimizer.table.kind={kind}"), "optimizer.lr=0.02".into()]).unwrap();
         assert_eq!((c.optimizer.table.name(), c.optimizer.table.lr()), (kind, 0.02));
     }
 }

@@ -19,7 +19,7 @@ fn quickstart(extra: &[&str]) -> Config {
 
 fn config_error(toml_text: &str, overrides: &[&str]) -> String {
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    format!("{:#}", Config::from_toml(toml_text, "test.toml", None, &overrides).expect_err("config must be rejected"))
+    format!("{:#}", Config::from_toml(toml_text, "test.toml", &overrides).expect_err("config must be rejected"))
 }
 
 const MINIMAL: &str = "[data]\ntrain = \"examples/data/sotu_era_600.tsv\"\n";
@@ -27,7 +27,7 @@ const MINIMAL: &str = "[data]\ntrain = \"examples/data/sotu_era_600.tsv\"\n";
 #[test]
 fn config_round_trips_through_toml() {
     let c = quickstart(&[]);
-    let again = Config::from_toml(&c.to_toml(), "resolved.toml", None, &[]).unwrap();
+    let again = Config::from_toml(&c.to_toml(), "resolved.toml", &[]).unwrap();
     assert_eq!(c, again);
 }
 
@@ -200,11 +200,11 @@ fn names_that_would_leave_the_log_dir_and_absurd_thread_counts_are_refused() {
     }
     let e = config_error(MINIMAL, &["experiment.arm=\"../up\""]);
     assert!(e.contains("`experiment.arm`"), "{e}");
-    assert!(Config::from_toml(MINIMAL, "test.toml", None, &["experiment.name=\"my-exp_1.v2\"".into()]).is_ok());
+    assert!(Config::from_toml(MINIMAL, "test.toml", &["experiment.name=\"my-exp_1.v2\"".into()]).is_ok());
 
     let e = config_error(MINIMAL, &["train.threads=100000"]);
     assert!(e.contains("`train.threads`") && e.contains("100000") && e.contains("4096"), "{e}");
-    assert_eq!(Config::from_toml(MINIMAL, "test.toml", None, &["train.threads=4096".into()]).unwrap().train.threads, 4096);
+    assert_eq!(Config::from_toml(MINIMAL, "test.toml", &["train.threads=4096".into()]).unwrap().train.threads, 4096);
 }
 
 #[test]

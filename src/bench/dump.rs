@@ -10,21 +10,21 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::Args;
 
 use crate::config::Config;
 use crate::data::Dataset;
 use crate::train::prepare::prepare;
 
-#[derive(Args, Debug, Clone)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct DumpArgs {
     /// Experiment config (TOML).
     pub config: PathBuf,
     /// Output folder.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub out: PathBuf,
     /// Config overrides, `key.path=value` (repeatable).
-    #[arg(long = "set")]
+    #[cfg_attr(feature = "cli", arg(long = "set"))]
     pub set: Vec<String>,
 }
 

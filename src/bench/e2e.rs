@@ -15,38 +15,38 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::child::{measure, ChildMeasurement};
 use super::MachineInfo;
 use crate::config::Config;
 
-#[derive(Args, Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct E2eArgs {
     /// Experiment config (TOML), as for `sparseburn train`.
     pub config: PathBuf,
     /// Config overrides, `key.path=value` (repeatable), passed on to `train`.
-    #[arg(long = "set")]
+    #[cfg_attr(feature = "cli", arg(long = "set"))]
     pub set: Vec<String>,
     /// Also write the results here as JSON.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub json: Option<PathBuf>,
     /// Run `train` this many times, one after the other (medians are printed).
-    #[arg(long, default_value_t = 1)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
     pub repeat: usize,
     /// The sparseburn binary to run (default: this one), e.g. an older build.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub binary: Option<PathBuf>,
     /// Parent of the fresh run folders. Bytes written are only counted on a
     /// disk-backed file system (tmpfs never reaches the storage layer).
-    #[arg(long, default_value = "runs")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "runs"))]
     pub work_dir: PathBuf,
     /// Keep the run folders (default: each is removed once measured).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub keep: bool,
     /// How often the child's counters and run folder are sampled, in milliseconds.
-    #[arg(long, default_value_t = 20)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 20))]
     pub poll_ms: u64,
 }
 
@@ -166,7 +166,7 @@ impl Watcher {
 
     fn poll(&mut self, at: f64) {
         if self.first_record.is_none()
-            && let Some(seconds) = first_record_train_seconds(&self.run_dir.join("metrics.jsonl"))
+            && let Some(seconds) = first_record_train_seconds(&self.run_dir.join(crate::train::run_dir::METRICS_FILE))
         {
             self.first_record = Some(at);
             self.record_train_seconds = Some(seconds);
@@ -250,7 +250,7 @@ fn run_once(args: &E2eArgs, binary: &Path, index: usize) -> anyhow::Result<E2eRu
         let how = process.exit_code.map_or_else(|| format!("signal {}", process.signal.unwrap_or(0)), |c| format!("exit code {c}"));
         bail!("run {index}: `{} train {}` failed ({how}); the end of its output:\n{}", binary.display(), args.config.display(), tail.join("\n"));
     }
-    let summary_path = run_dir.join("summary.json");
+    let summary_path = run_dir.join(crate::train::run_dir::SUMMARY_FILE);
     let summary: Option<ChildSummary> = match std::fs::read_to_string(&summary_path) {
         Ok(text) => Some(serde_json::from_str(&text).with_context(|| format!("{}: not a run summary", summary_path.display()))?),
         Err(_) => None,
@@ -271,7 +271,7 @@ fn run_once(args: &E2eArgs, binary: &Path, index: usize) -> anyhow::Result<E2eRu
     };
     if args.keep {
         let kept = work.keep();
-        eprintln!("kept {}", kept.display());
+        log::info!("kept {}", kept.display());
     }
     Ok(run)
 }

@@ -18,13 +18,15 @@ pub use train::TrainBenchArgs;
 pub use triad::{triad, TriadArgs, TriadResult};
 
 /// `sparseburn bench <optim|train|triad|dump-ids|e2e> [args...]`
-#[derive(clap::Args, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct BenchArgs {
-    #[command(subcommand)]
+    #[cfg_attr(feature = "cli", command(subcommand))]
     pub bench: BenchCommand,
 }
 
-#[derive(clap::Subcommand, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Subcommand))]
 pub enum BenchCommand {
     /// Table optimizers (lazy_adam, dense_adam, sgd) and the fused bag
     /// forward/backward on Zipf batches, beside a STREAM triad.
@@ -67,7 +69,7 @@ fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::
     }
     let text = serde_json::to_string_pretty(value)? + "\n";
     crate::io::write_atomic(path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
-    eprintln!("wrote {}", path.display());
+    log::info!("wrote {}", path.display());
     Ok(())
 }
 

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::bail;
-use clap::Args;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Zipf};
@@ -26,75 +25,76 @@ use super::MachineInfo;
 use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableInit};
 use crate::optim::{TableOptimizer, TableOptimizerConfig};
 
-#[derive(Args, Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct OptimArgs {
     /// Table sizes (rows), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "100000,1000000,10000000")]
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ',', default_value = "100000,1000000,10000000"))]
     pub rows: Vec<usize>,
-    #[arg(long, default_value_t = 64)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 64))]
     pub dim: usize,
     /// Bags per batch.
-    #[arg(long, default_value_t = 256)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 256))]
     pub batch: usize,
     /// Ids per bag.
-    #[arg(long, default_value_t = 32)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 32))]
     pub bag: usize,
     /// Zipf exponent of the id distribution.
-    #[arg(long, default_value_t = 1.0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1.0))]
     pub zipf: f64,
     /// Timed steps per optimizer and size (the median is reported).
-    #[arg(long, default_value_t = 20)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 20))]
     pub steps: usize,
     /// Untimed steps before each block of timed steps (caches, rayon's threads).
-    #[arg(long, default_value_t = 2)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2))]
     pub warmup: usize,
     /// Timed steps are split into this many rounds over the table sizes, so
     /// that load from other processes on a shared machine affects every size.
-    #[arg(long, default_value_t = 4)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 4))]
     pub rounds: usize,
     /// Timed steps for dense_adam, which reads and writes the whole table every
     /// step (default: --steps).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub dense_steps: Option<usize>,
     /// Optimizers to run, comma-separated: any `kind` of `[optimizer.table]`.
-    #[arg(long, value_delimiter = ',', default_value = "lazy_adam,dense_adam,sgd")]
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ',', default_value = "lazy_adam,dense_adam,sgd"))]
     pub optimizers: Vec<String>,
     /// Bias correction (global, per_row or none), for the kinds that have one.
-    #[arg(long, default_value = "global")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "global"))]
     pub bias_correction: String,
     /// Decoupled weight decay (lazy rows catch up what they missed), for the kinds that have one.
-    #[arg(long, default_value_t = 0.0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
     pub weight_decay: f64,
     /// Size of each triad array in GB (0 = skip the triad).
-    #[arg(long, default_value_t = 1.0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1.0))]
     pub triad_gb: f64,
     /// Triad repetitions per array offset (4 offsets).
-    #[arg(long, default_value_t = 5)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 5))]
     pub triad_reps: usize,
     /// Draw Zipf ranks over this many ids (then scatter them over the table)
     /// instead of over every row: every table size then sees the same number
     /// of distinct rows, which isolates the cost of table size itself.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub zipf_support: Option<usize>,
     /// Use Zipf ranks as row ids, so the hot rows sit together at the start of
     /// the table. By default ranks are scattered over the table by a fixed
     /// bijection, as hashing scatters a real vocabulary.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub contiguous_ids: bool,
     /// Before every optimizer step, read this many MB of unrelated memory
     /// (0 = off), so each step starts with caches and TLB holding none of the
     /// table. With several times the last-level cache, every table size then
     /// pays memory latency for every row it touches, and what remains of the
     /// difference between sizes is the cost of table size itself.
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub evict_mb: usize,
     /// Threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub threads: usize,
-    #[arg(long, default_value_t = 1)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
     pub seed: u64,
     /// Also write the results here as JSON.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub json: Option<PathBuf>,
 }
 
@@ -269,7 +269,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
         bail!("--steps, --rounds, --batch and --bag must be positive");
     }
     let machine = MachineInfo::current();
-    eprintln!("machine: {} ({} cores, {} threads used, {:.1} GB)", machine.cpu, machine.cores, machine.threads_used, machine.memory_gb);
+    log::info!("machine: {} ({} cores, {} threads used, {:.1} GB)", machine.cpu, machine.cores, machine.threads_used, machine.memory_gb);
     let cpu_start = super::CpuSnapshot::now();
 
     // The triad before any table exists (and again after they are freed), so its
@@ -277,7 +277,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
     let run_triad = || {
         (args.triad_gb > 0.0).then(|| {
             let r = triad(args.triad_gb, args.triad_reps);
-            eprintln!("triad: {:.2} GB/s (best of {}; median {:.2})", r.gb_per_s, r.reps, r.median_gb_per_s);
+            log::info!("triad: {:.2} GB/s (best of {}; median {:.2})", r.gb_per_s, r.reps, r.median_gb_per_s);
             r
         })
     };
@@ -291,7 +291,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
     for &rows in &args.rows {
         let t = Instant::now();
         let table = EmbeddingTable::new(rows, dim, TableInit::default(), args.seed);
-        eprintln!("{rows} rows × {dim}: table {:.2} GB initialised in {:.2} s", table.bytes() as f64 / 1e9, t.elapsed().as_secs_f64());
+        log::info!("{rows} rows × {dim}: table {:.2} GB initialised in {:.2} s", table.bytes() as f64 / 1e9, t.elapsed().as_secs_f64());
         sizes.push(Size {
             rows,
             // Distinct batches, cycled: more than the caches could learn.
@@ -337,7 +337,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
             let bytes = update_bytes(optimizer.as_ref(), size.rows, touched, dim);
             let gb_per_s = bytes / (step.median_ms / 1e3) / 1e9;
             let updated = if dense { size.rows as f64 } else { touched };
-            eprintln!(
+            log::info!(
                 "  {:>10} rows {:<20} {:>9.3} ms/step (median of {timed}), {:.0} rows touched, {:.2} GB/s",
                 size.rows,
                 config.name(),

@@ -6,28 +6,28 @@
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use clap::Args;
 use serde::Serialize;
 
 use super::MachineInfo;
 use crate::config::Config;
 use crate::train::{train, RunOutcome, TrainOptions};
 
-#[derive(Args, Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct TrainBenchArgs {
     /// Experiment config (TOML).
     pub config: PathBuf,
     /// Train exactly this many steps (epochs are extended if needed; 0 = the config's own length).
-    #[arg(long, default_value_t = 500)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 500))]
     pub steps: u64,
     /// Config overrides, `key.path=value` (repeatable).
-    #[arg(long = "set")]
+    #[cfg_attr(feature = "cli", arg(long = "set"))]
     pub set: Vec<String>,
     /// Keep the run (with its final checkpoint) here instead of a temporary folder.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub run_dir: Option<PathBuf>,
     /// Also write the results here as JSON.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub json: Option<PathBuf>,
 }
 

@@ -7,22 +7,22 @@
 
 use std::time::Instant;
 
-use clap::Args;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::model::table::AlignedVec;
+use crate::mem::AlignedVec;
 
-#[derive(Args, Debug, Clone)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct TriadArgs {
     /// Size of each of the three arrays, in GB.
-    #[arg(long, default_value_t = 1.0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1.0))]
     pub gb: f64,
     /// Repetitions per array offset (4 offsets); the best is reported (STREAM's convention).
-    #[arg(long, default_value_t = 5)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 5))]
     pub reps: usize,
     /// Threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub threads: usize,
 }
 

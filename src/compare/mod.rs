@@ -20,44 +20,47 @@ pub mod spec;
 pub mod stats;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::Context;
 
 pub use report::Report;
-pub use runner::{RunResult, Runner};
+pub use runner::{RunFailure, RunResult, Runner};
+
+use crate::cancel::CancelToken;
 pub use spec::{plan, Arm, Plan};
 
 /// `sparseburn compare configs/lazy_vs_dense.toml`
-#[derive(clap::Args, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct CompareArgs {
     /// Compare config, e.g. configs/lazy_vs_dense.toml.
     pub config: PathBuf,
     /// Override a key for every arm (e.g. --set train.epochs=2), or of the
     /// compare section (e.g. --set compare.seeds=[1,2]); repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[cfg_attr(feature = "cli", arg(long = "set", value_name = "KEY=VALUE"))]
     pub overrides: Vec<String>,
     /// Runs at a time. More than 1 makes runs share the CPU, so their timings
     /// are no longer those of a lone run.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1, value_name = "N"))]
     pub jobs: usize,
     /// Train every run inside this process instead of one child process per
     /// run (peak RSS is then process-wide, and a crash ends the comparison).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub in_process: bool,
     /// Keep a finished run whose saved config equals the planned one instead
     /// of training it again (e.g. to redo the report, or after an interruption).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub reuse: bool,
     /// Check the config and print the runs it would make; train nothing.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub dry_run: bool,
     /// Exit with success even when some runs failed (they are reported either way).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub allow_failures: bool,
     /// The sparseburn binary that trains each run (default: this one).
-    #[arg(long, value_name = "PATH", hide = true)]
+    #[cfg_attr(feature = "cli", arg(long, value_name = "PATH", hide = true))]
     pub exe: Option<PathBuf>,
 }
 
@@ -71,10 +74,10 @@ pub struct Options {
     pub command: String,
     /// Print a line per finished run to stderr.
     pub progress: bool,
+    /// Cancelled (e.g. by Ctrl-C): no new run starts, in-process runs stop
+    /// at their next step, and the report covers what finished.
+    pub cancel: CancelToken,
 }
-
-/// Set by Ctrl-C: no new run starts; the report covers what finished.
-static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Trains every run of `plan`, then writes the report and plots into `plan.dir`.
 pub fn execute(plan: &Plan, options: &Options) -> anyhow::Result<Report> {
@@ -93,15 +96,15 @@ pub fn execute(plan: &Plan, options: &Options) -> anyhow::Result<Report> {
         for _ in 0..workers {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= jobs.len() || STOP.load(Ordering::SeqCst) {
+                if i >= jobs.len() || options.cancel.is_cancelled() {
                     return;
                 }
                 let (a, s) = jobs[i];
                 let arm = &plan.arms[a];
                 let seed = plan.seeds[s];
-                let result = runner::run_one(&options.runner, &arm.name, &arm.configs[s], &plan.run_dir(&arm.name, seed), options.reuse);
-                if result.outcome.as_ref().err().is_some_and(|e| e.starts_with("interrupted")) {
-                    STOP.store(true, Ordering::SeqCst);
+                let result = runner::run_one(&options.runner, &arm.name, &arm.configs[s], &plan.run_dir(&arm.name, seed), options.reuse, &options.cancel);
+                if result.outcome.as_ref().err() == Some(&RunFailure::Interrupted) {
+                    options.cancel.cancel();
                 }
                 let n = done.fetch_add(1, Ordering::SeqCst) + 1;
                 if options.progress {
@@ -116,13 +119,13 @@ pub fn execute(plan: &Plan, options: &Options) -> anyhow::Result<Report> {
                         ),
                         Err(e) => format!("FAILED: {e}"),
                     };
-                    eprintln!("[{n}/{}] {} seed {seed}: {what}", jobs.len(), arm.name);
+                    log::info!("[{n}/{}] {} seed {seed}: {what}", jobs.len(), arm.name);
                 }
                 results.lock().unwrap()[i] = Some(result);
             });
         }
     });
-    let interrupted = STOP.load(Ordering::SeqCst);
+    let interrupted = options.cancel.is_cancelled();
     let results: Vec<RunResult> = results
         .into_inner()
         .unwrap()
@@ -136,7 +139,7 @@ pub fn execute(plan: &Plan, options: &Options) -> anyhow::Result<Report> {
                     arm: arm.clone(),
                     seed,
                     dir: plan.run_dir(arm, seed),
-                    outcome: Err("not run: the comparison was interrupted".into()),
+                    outcome: Err(RunFailure::NotRun),
                     wall_seconds: f64::NAN,
                     reused: false,
                     evals: Vec::new(),
@@ -156,14 +159,14 @@ pub fn execute(plan: &Plan, options: &Options) -> anyhow::Result<Report> {
     };
     if options.progress {
         for stale in stale_runs(plan) {
-            eprintln!("note: {} is not part of this comparison (an earlier one?); TensorBoard on {} shows it too", stale.display(), plan.dir.display());
+            log::warn!("{} is not part of this comparison (an earlier one?); TensorBoard on {} shows it too", stale.display(), plan.dir.display());
         }
     }
     let report = report::build(plan, &results, &ctx);
     let plots = match plot::write(&report, &plan.dir) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("warning: plots not written: {e:#}");
+            log::warn!("plots not written: {e:#}");
             Vec::new()
         }
     };
@@ -191,7 +194,7 @@ fn stale_runs(plan: &Plan) -> Vec<PathBuf> {
 }
 
 fn print_plan(plan: &Plan, runner: &str, jobs: usize) {
-    eprintln!(
+    log::info!(
         "compare {}: {} arm{} × {} seed{} = {} runs into {}/ ({runner}, {jobs} at a time)",
         plan.name,
         plan.arms.len(),
@@ -204,7 +207,7 @@ fn print_plan(plan: &Plan, runner: &str, jobs: usize) {
     for arm in &plan.arms {
         let set: Vec<String> = arm.set.iter().map(|(k, v)| format!("{k} = {v}")).collect();
         let c = &arm.configs[0];
-        eprintln!(
+        log::info!(
             "  {}{}: {} [{}], table lr {}, {} epochs",
             arm.name,
             if arm.name == plan.baseline { " (baseline)" } else { "" },
@@ -216,8 +219,9 @@ fn print_plan(plan: &Plan, runner: &str, jobs: usize) {
     }
 }
 
-/// The `sparseburn compare` command.
-pub fn run(args: CompareArgs) -> anyhow::Result<()> {
+/// The `sparseburn compare` command; `cancel` is the CLI's Ctrl-C (children
+/// get the terminal's Ctrl-C themselves: they checkpoint and stop).
+pub fn run(args: CompareArgs, cancel: &CancelToken) -> anyhow::Result<()> {
     let plan = spec::plan(&args.config, &args.overrides)?;
     let runner = if args.in_process {
         Runner::InProcess
@@ -233,19 +237,8 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     if args.dry_run {
         return Ok(());
     }
-    if args.in_process {
-        crate::train::install_ctrl_c_handler();
-    } else {
-        // Children get the terminal's Ctrl-C too: they checkpoint and stop; we stop starting new ones.
-        let _ = ctrlc::set_handler(|| {
-            if STOP.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupted: finishing the report with the runs done so far (Ctrl-C again to abort)");
-        });
-    }
     let command = std::iter::once("sparseburn".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
-    let options = Options { runner, jobs: args.jobs.max(1), reuse: args.reuse, command, progress: true };
+    let options = Options { runner, jobs: args.jobs.max(1), reuse: args.reuse, command, progress: true, cancel: cancel.clone() };
     let report = execute(&plan, &options)?;
     println!("{}", report::text(&report));
     println!("report: {}/report.md (and .json, .csv; plots *.png, *.svg)", plan.dir.display());

@@ -169,7 +169,7 @@ pub fn build(plan: &Plan, results: &[RunResult], ctx: &Context) -> Report {
             seed: r.seed,
             dir: r.dir.display().to_string(),
             ok: r.outcome.is_ok(),
-            error: r.outcome.as_ref().err().cloned(),
+            error: r.outcome.as_ref().err().map(|e| e.to_string()),
             reused: r.reused,
             metrics: r.outcome.as_ref().map(|o| run_metrics(o, r)).unwrap_or_default(),
         })
@@ -179,7 +179,7 @@ pub fn build(plan: &Plan, results: &[RunResult], ctx: &Context) -> Report {
     for arm in &plan.arms {
         let mine: Vec<&RunResult> = results.iter().filter(|r| r.arm == arm.name).collect();
         let seeds_ok: Vec<u64> = plan.seeds.iter().copied().filter(|&s| find(&arm.name, s).is_some()).collect();
-        let failed = mine.iter().filter_map(|r| r.outcome.as_ref().err().map(|e| FailedRun { seed: r.seed, error: e.clone() })).collect();
+        let failed = mine.iter().filter_map(|r| r.outcome.as_ref().err().map(|e| FailedRun { seed: r.seed, error: e.to_string() })).collect();
         let mut metrics = BTreeMap::new();
         let mut vs_baseline = BTreeMap::new();
         for (key, _) in METRICS {

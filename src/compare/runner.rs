@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::cancel::CancelToken;
 use crate::config::Config;
+use crate::train::run_dir::{self, MetricsRecord};
 use crate::train::{self, RunOutcome, TrainOptions};
 
 /// How runs are started.
@@ -26,7 +27,27 @@ pub enum Runner {
 }
 
 pub const LOG_FILE: &str = "train.log";
-pub const SUMMARY_FILE: &str = "summary.json";
+
+/// Why a run has no outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunFailure {
+    /// Cancelled (Ctrl-C) before its end.
+    Interrupted,
+    /// Never started: the comparison was cancelled first.
+    NotRun,
+    /// An error, a non-finite loss, a panic or a crash; the message says which.
+    Failed(String),
+}
+
+impl std::fmt::Display for RunFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunFailure::Interrupted => f.write_str("interrupted (Ctrl-C) before the end"),
+            RunFailure::NotRun => f.write_str("not run: the comparison was interrupted"),
+            RunFailure::Failed(why) => f.write_str(why),
+        }
+    }
+}
 
 /// One `kind: "eval"` line of metrics.jsonl.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,8 +76,7 @@ pub struct RunResult {
     pub arm: String,
     pub seed: u64,
     pub dir: PathBuf,
-    /// `Err(message)` when the run failed (error, NaN loss, crash, interrupted).
-    pub outcome: Result<RunOutcome, String>,
+    pub outcome: Result<RunOutcome, RunFailure>,
     /// Seconds from start to end of the run, process start-up, data preparation and evaluations included.
     pub wall_seconds: f64,
     /// Whether an earlier identical run was reused (`--reuse`).
@@ -67,55 +87,22 @@ pub struct RunResult {
 
 /// Reads the eval and train records of a run's metrics.jsonl (missing file: none).
 pub fn read_metrics(dir: &Path) -> anyhow::Result<(Vec<EvalPoint>, Vec<TrainPoint>)> {
-    let path = dir.join(train::run_dir::METRICS_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
     let (mut evals, mut trains) = (Vec::new(), Vec::new());
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            // A run killed mid-write can leave a torn last line.
-            if i + 1 == text.lines().count() {
-                break;
+    for record in run_dir::read_metrics(dir)? {
+        match record {
+            MetricsRecord::Eval(e) => evals.push(EvalPoint { step: e.step, accuracy: e.accuracy, loss: e.loss, train_seconds: e.train_seconds }),
+            MetricsRecord::Train(t) => {
+                trains.push(TrainPoint { step: t.step, rows_touched: t.rows_touched, unique_ratio: t.unique_ratio, loss: t.loss as f64 })
             }
-            anyhow::bail!("{}: line {}: not JSON", path.display(), i + 1);
-        };
-        let num = |k: &str| v[k].as_f64();
-        let step = v["step"].as_u64().unwrap_or(0);
-        match v["kind"].as_str() {
-            Some("eval") => evals.push(EvalPoint {
-                step,
-                accuracy: num("accuracy").unwrap_or(f64::NAN),
-                loss: num("loss").unwrap_or(f64::NAN),
-                train_seconds: num("train_seconds").unwrap_or(f64::NAN),
-            }),
-            Some("train") => trains.push(TrainPoint {
-                step,
-                rows_touched: v["rows_touched"].as_u64().unwrap_or(0),
-                unique_ratio: num("unique_ratio").unwrap_or(f64::NAN),
-                loss: num("loss").unwrap_or(f64::NAN),
-            }),
-            _ => {}
         }
     }
     Ok((evals, trains))
 }
 
-fn read_summary(dir: &Path) -> anyhow::Result<RunOutcome> {
-    let path = dir.join(SUMMARY_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a run summary", path.display()))
-}
-
 /// A finished, identical earlier run in `dir`: same resolved config and a summary.
 fn reusable(dir: &Path, config: &Config) -> Option<RunOutcome> {
     let saved = train::run_dir::read_config(dir).ok()?;
-    let outcome = read_summary(dir).ok()?;
+    let outcome = run_dir::read_summary(dir).ok()?;
     (saved == *config && !outcome.interrupted).then_some(outcome)
 }
 
@@ -158,7 +145,7 @@ fn describe_status(status: std::process::ExitStatus) -> String {
 }
 
 /// Trains `config` in `dir` (emptied first) and collects what it left there.
-pub fn run_one(runner: &Runner, arm: &str, config: &Config, dir: &Path, reuse: bool) -> RunResult {
+pub fn run_one(runner: &Runner, arm: &str, config: &Config, dir: &Path, reuse: bool, cancel: &CancelToken) -> RunResult {
     let seed = config.experiment.seed;
     let start = Instant::now();
     let mut reused = false;
@@ -167,7 +154,7 @@ pub fn run_one(runner: &Runner, arm: &str, config: &Config, dir: &Path, reuse: b
             reused = true;
             Ok(o)
         }
-        None => train_fresh(runner, config, dir),
+        None => train_fresh(runner, config, dir, cancel),
     };
     let wall_seconds = if reused { wall_seconds_of(dir).unwrap_or(f64::NAN) } else { start.elapsed().as_secs_f64() };
     if !reused {
@@ -175,7 +162,7 @@ pub fn run_one(runner: &Runner, arm: &str, config: &Config, dir: &Path, reuse: b
     }
     let (evals, train, outcome) = match read_metrics(dir) {
         Ok((e, t)) => (e, t, outcome),
-        Err(e) => (Vec::new(), Vec::new(), outcome.and(Err(format!("{e:#}")))),
+        Err(e) => (Vec::new(), Vec::new(), outcome.and(Err(RunFailure::Failed(format!("{e:#}"))))),
     };
     RunResult { arm: arm.to_string(), seed, dir: dir.to_path_buf(), outcome, wall_seconds, reused, evals, train }
 }
@@ -187,27 +174,28 @@ fn wall_seconds_of(dir: &Path) -> Option<f64> {
     std::fs::read_to_string(dir.join(WALL_FILE)).ok()?.trim().parse().ok()
 }
 
-fn train_fresh(runner: &Runner, config: &Config, dir: &Path) -> Result<RunOutcome, String> {
+fn train_fresh(runner: &Runner, config: &Config, dir: &Path, cancel: &CancelToken) -> Result<RunOutcome, RunFailure> {
+    let failed = RunFailure::Failed;
     if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+        std::fs::remove_dir_all(dir).map_err(|e| failed(format!("cannot clear {}: {e}", dir.display())))?;
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
     let outcome = match runner {
-        Runner::Subprocess { exe } => train_child(exe, config, dir),
+        Runner::Subprocess { exe } => train_child(exe, config, dir).map_err(failed),
         Runner::InProcess => {
-            let options = TrainOptions { run_dir: Some(dir.to_path_buf()), ..Default::default() };
+            let options = TrainOptions { run_dir: Some(dir.to_path_buf()), cancel: cancel.clone(), ..Default::default() };
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train::train(config, &options))) {
                 Ok(Ok(o)) => Ok(o),
-                Ok(Err(e)) => Err(format!("{e:#}")),
+                Ok(Err(e)) => Err(failed(format!("{e:#}"))),
                 Err(panic) => {
                     let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
-                    Err(format!("panicked: {}", msg.unwrap_or_else(|| "(no message)".into())))
+                    Err(failed(format!("panicked: {}", msg.unwrap_or_else(|| "(no message)".into()))))
                 }
             }
         }
     }?;
     if outcome.interrupted {
-        return Err("interrupted (Ctrl-C) before the end".into());
+        return Err(RunFailure::Interrupted);
     }
     Ok(outcome)
 }
@@ -235,6 +223,6 @@ fn train_child(exe: &Path, config: &Config, dir: &Path) -> Result<RunOutcome, St
         let status = describe_status(status);
         return Err(if reason.is_empty() { status } else { format!("{reason} ({status})") });
     }
-    read_summary(dir).map_err(|e| format!("{e:#}"))
+    run_dir::read_summary(dir).map_err(|e| format!("{e:#}"))
 }
 

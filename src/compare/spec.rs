@@ -243,7 +243,7 @@ pub fn plan(path: &Path, overrides: &[String]) -> anyhow::Result<Plan> {
             }
             let text = toml::to_string(&t).context("serialising an arm's config")?;
             let what = format!("{source} (arm {:?}, seed {seed})", arm.name);
-            configs.push(Config::from_toml(&text, &what, path.parent(), &[])?);
+            configs.push(Config::from_toml(&text, &what, &[])?);
         }
         arms.push(Arm { name: arm.name.clone(), set: set.into_iter().collect(), configs });
     }

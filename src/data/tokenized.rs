@@ -235,6 +235,38 @@ fn merge(out: &mut TokenizedFile, chunk: Chunk, path: &Path, strict: bool, inter
     Ok(())
 }
 
+/// Tokenizes examples held in memory as `(label, text)` pairs, as
+/// [`tokenize_file`] does a file's lines; `name` stands for the file in
+/// errors and in the data fingerprint, whose SHA-256 covers the examples as
+/// `label<TAB>text<LF>` lines (so a resumed run detects changed data).
+pub fn tokenize_examples(examples: &[(String, String)], name: &str, tokenizer: &Tokenizer, interner: &mut Interner) -> anyhow::Result<TokenizedFile> {
+    let mut hasher = Sha256::new();
+    let mut out = TokenizedFile {
+        identity: FileIdentity { path: PathBuf::from(name), size: 0, mtime_unix_ns: 0, sha256: String::new() },
+        stats: ReadStats { lines: examples.len() as u64, examples: examples.len() as u64, ..Default::default() },
+        labels: Vec::with_capacity(examples.len()),
+        offsets: Vec::with_capacity(examples.len() + 1),
+        tokens: Vec::new(),
+    };
+    out.offsets.push(0);
+    let mut lower = String::new();
+    for (i, (label, text)) in examples.iter().enumerate() {
+        // labels.txt keeps one label per line.
+        if label.trim().is_empty() || label.contains(['\t', '\n', '\r']) {
+            bail!("{name}: example {}: label {label:?} must be non-empty and hold no tab or line break", i + 1);
+        }
+        for part in [label.as_bytes(), b"\t", text.as_bytes(), b"\n"] {
+            hasher.update(part);
+            out.identity.size += part.len() as u64;
+        }
+        tokenizer.for_each_token(text, &mut lower, |t| out.tokens.push(interner.intern(t.to_string())));
+        out.offsets.push(out.tokens.len());
+        out.labels.push(label.clone());
+    }
+    out.identity.sha256 = format!("{:x}", hasher.finalize());
+    Ok(out)
+}
+
 /// Each interned token's vocabulary id and hash: what [`Featurizer::push_ids`] needs.
 pub struct TokenRows {
     words: Vec<Option<u32>>,

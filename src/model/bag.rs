@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::sparse_grad::SparseGrad;
-use super::table::prefetch;
+use crate::mem::prefetch;
 
 /// How a bag's rows are combined.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -58,6 +58,26 @@ pub struct DenseLayer {
     pub bias: Vec<f32>,
 }
 
+/// How the head is stored in checkpoints and bundles (`head.safetensors`,
+/// `model.safetensors`): layer `i` is `head.{i}.weight` with shape
+/// `[input, output]`, row-major (Burn's layout, so `y = x·W + b`), and
+/// `head.{i}.bias` with shape `[output]`, both F32.
+impl DenseLayer {
+    pub fn weight_name(i: usize) -> String {
+        format!("head.{i}.weight")
+    }
+    pub fn bias_name(i: usize) -> String {
+        format!("head.{i}.bias")
+    }
+    /// `[input, output]`.
+    pub fn weight_shape(&self) -> Vec<usize> {
+        vec![self.input, self.output]
+    }
+    pub fn bias_shape(&self) -> Vec<usize> {
+        vec![self.output]
+    }
+}
+
 /// The head's parameters, with ReLU between consecutive layers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HeadWeights {
@@ -70,9 +90,6 @@ impl HeadWeights {
     }
     pub fn classes(&self) -> usize {
         self.layers.last().map_or(0, |l| l.output)
-    }
-    pub fn num_params(&self) -> usize {
-        self.layers.iter().map(|l| l.weight.len() + l.bias.len()).sum()
     }
     /// The widest activation, for sizing scratch buffers once.
     pub fn max_width(&self) -> usize {

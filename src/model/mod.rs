@@ -1,7 +1,6 @@
 //! The model: a sparse embedding bag over a host-memory table, then a dense head in Burn.
 
 pub mod bag;
-pub mod device_table;
 pub mod head;
 pub mod sparse_grad;
 pub mod table;

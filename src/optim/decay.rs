@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::rows::PerRowMut;
-use crate::model::table::AlignedVec;
+use crate::mem::AlignedVec;
 use crate::model::EmbeddingTable;
 
 #[derive(Debug)]
@@ -56,6 +56,23 @@ impl LazyDecay {
         let factor = (log_decay - *mark).exp();
         *mark = log_decay;
         factor as f32
+    }
+
+    /// [`LazyDecay::catch_up`] for each of `rows`, one at a time (for a
+    /// device table, whose per-row factors are computed on the host);
+    /// `None` without weight decay.
+    pub(super) fn catch_up_rows(&mut self, rows: impl Iterator<Item = usize>) -> Option<Vec<f32>> {
+        if self.marks.is_empty() {
+            return None;
+        }
+        let log_decay = self.log_decay;
+        Some(rows.map(|r| Self::catch_up(log_decay, &mut self.marks[r])).collect())
+    }
+
+    /// Every row's missed decay factor, marks moved to now (`None` without weight decay).
+    pub(super) fn catch_up_all(&mut self) -> Option<Vec<f32>> {
+        let rows = self.marks.len();
+        self.catch_up_rows(0..rows)
     }
 
     /// Applies every row's missed decay, so the table holds the weights a

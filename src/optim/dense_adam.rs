@@ -87,14 +87,14 @@ impl TableOptimizer for DenseAdam {
 
     fn step(&mut self, table: &mut EmbeddingTable, grad: &SparseGrad, lr: f32) {
         let dim = self.state.check_shapes(table, grad);
-        let (step_size, decay) = self.state.begin_step(lr);
+        let (step_size, decay) = self.state.book.begin_step(lr);
         let s = &mut self.state;
-        let coeffs = Coeffs::new(&s.config);
-        let t = s.step;
+        let coeffs = Coeffs::new(&s.book.config);
+        let t = s.book.step;
         // Every row is present every step, so per-row counts equal the global
         // step, and every row's decay is applied now.
-        s.row_steps.iter_mut().for_each(|k| *k = t as u32);
-        s.decay.mark_all();
+        s.book.row_steps.iter_mut().for_each(|k| *k = t as u32);
+        s.book.decay.mark_all();
         let chunk = DENSE_ROWS_PER_TASK;
         table
             .as_mut_slice()
@@ -120,7 +120,7 @@ impl TableOptimizer for DenseAdam {
     }
 
     fn steps(&self) -> u64 {
-        self.state.step
+        self.state.book.step
     }
     fn per_row_state(&self) -> &'static [&'static str] {
         ADAM_ROW_STATE

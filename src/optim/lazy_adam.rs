@@ -84,16 +84,16 @@ impl TableOptimizer for LazyAdam {
 
     fn step(&mut self, table: &mut EmbeddingTable, grad: &SparseGrad, lr: f32) {
         let dim = self.state.check_shapes(table, grad);
-        let (global_step_size, _) = self.state.begin_step(lr);
+        let (global_step_size, _) = self.state.book.begin_step(lr);
         let s = &mut self.state;
-        let (config, log_decay, lr) = (s.config, s.decay.log_decay(), lr as f64);
+        let (config, log_decay, lr) = (s.book.config, s.book.decay.log_decay(), lr as f64);
         let coeffs = Coeffs::new(&config);
         let arrays = (
             RowsMut::new(table.as_mut_slice(), dim),
             RowsMut::new(&mut s.m, dim),
             RowsMut::new(&mut s.v, dim),
-            PerRowMut::optional(&mut s.row_steps),
-            s.decay.marks(),
+            PerRowMut::optional(&mut s.book.row_steps),
+            s.book.decay.marks(),
         );
         for_each_grad_row(grad, arrays, |(w, m, v, row_steps, mark), g| {
             let step_size = match row_steps {
@@ -110,7 +110,7 @@ impl TableOptimizer for LazyAdam {
     }
 
     fn steps(&self) -> u64 {
-        self.state.step
+        self.state.book.step
     }
     fn per_row_state(&self) -> &'static [&'static str] {
         ADAM_ROW_STATE
@@ -122,6 +122,6 @@ impl TableOptimizer for LazyAdam {
         self.state.load_state(source)
     }
     fn apply_pending_decay(&mut self, table: &mut EmbeddingTable) {
-        self.state.decay.apply_pending(table);
+        self.state.book.decay.apply_pending(table);
     }
 }

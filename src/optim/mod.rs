@@ -13,6 +13,7 @@
 mod adam;
 mod config;
 mod decay;
+pub mod device_table;
 mod registry;
 pub mod rows;
 mod state;

@@ -20,7 +20,7 @@ use super::decay::{self, LazyDecay};
 use super::rows::{for_each_grad_row, PerRowMut, RowsMut};
 use super::state::{StateData, StateError, StateSource};
 use super::TableOptimizer;
-use crate::model::table::AlignedVec;
+use crate::mem::AlignedVec;
 use crate::model::{EmbeddingTable, SparseGrad};
 
 /// `[optimizer.table]` with `kind = "partial_rowwise_adam"`.

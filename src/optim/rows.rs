@@ -9,7 +9,8 @@
 
 use std::marker::PhantomData;
 
-use crate::model::table::{for_each_claimed, prefetch};
+use crate::mem::prefetch;
+use crate::par::for_each_claimed;
 use crate::model::SparseGrad;
 
 /// Rows per task of the lazy update: large enough to amortise claiming a

@@ -21,80 +21,78 @@ pub use http::{Server, ServerConfig};
 pub use predictor::{LoadOptions, Prediction, Predictor};
 
 /// `sparseburn predict --model MODEL_DIR`
-#[derive(clap::Args, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct PredictArgs {
     /// A model bundle folder (e.g. models/<name>/<version>).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub model: PathBuf,
     /// Labels per line of output (0 = all).
-    #[arg(long, default_value_t = 3)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
     pub top_k: usize,
     /// Check file sizes only, not SHA-256 checksums (faster start for a huge table).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub no_verify: bool,
     /// Tables up to this many MiB are read into memory (no later change to the file can
     /// reach them); larger ones are memory-mapped.
-    #[arg(long, default_value_t = 1024)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
     pub copy_table_max_mib: u64,
     /// Longest input line, in bytes; longer lines are answered with an error.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1 << 20))]
     pub max_line_bytes: usize,
 }
 
 /// `sparseburn serve --model-base models/<name> --addr 127.0.0.1:8501`
-#[derive(clap::Args, Debug)]
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct ServeArgs {
     /// Folder of numbered version folders; the highest that loads is served.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub model_base: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:8501")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "127.0.0.1:8501"))]
     pub addr: String,
     /// The model's name in URLs (default: the base folder's name).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub model_name: Option<String>,
     /// Seconds between scans for a new version.
-    #[arg(long, default_value_t = 2.0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2.0))]
     pub poll_seconds: f64,
     /// Largest request body, in bytes (413 beyond).
-    #[arg(long, default_value_t = 4 << 20)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 4 << 20))]
     pub max_body_bytes: usize,
     /// Most instances in one request (413 beyond).
-    #[arg(long, default_value_t = 1024)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
     pub max_instances: usize,
     /// Predict requests handled at once (429 beyond; no queueing).
-    #[arg(long, default_value_t = 64)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 64))]
     pub max_concurrency: usize,
     /// Milliseconds before a request is answered 408.
-    #[arg(long, default_value_t = 10_000)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 10_000))]
     pub timeout_ms: u64,
     /// Milliseconds an admitted predict request may take to send its body (408 beyond).
-    #[arg(long, default_value_t = 2_000)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2_000))]
     pub body_timeout_ms: u64,
     /// Milliseconds a connection may take to send a request's headers (or stay
     /// idle between requests) before it is closed.
-    #[arg(long, default_value_t = 10_000)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 10_000))]
     pub header_timeout_ms: u64,
     /// Labels per prediction unless a request sets "top_k" (0 = all).
-    #[arg(long, default_value_t = 3)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
     pub top_k: usize,
     /// Check file sizes only, not SHA-256 checksums, when loading a version.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub no_verify: bool,
     /// Tables up to this many MiB are read into memory (immune to changes of the
     /// file); larger ones are memory-mapped, and unloaded if their file changes.
-    #[arg(long, default_value_t = 1024)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
     pub copy_table_max_mib: u64,
     /// Tokio worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub workers: usize,
 }
 
-fn init_logging() {
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).try_init();
-}
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    init_logging();
     let predictor = Predictor::load_with(&args.model, &LoadOptions { verify_checksums: !args.no_verify, copy_table_max_bytes: args.copy_table_max_mib.saturating_mul(1 << 20) })?;
     log::info!(
         "loaded {} ({} rows × {}, {} labels) in {:.1} ms; reading lines from stdin",
@@ -112,7 +110,6 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
     if !(args.poll_seconds.is_finite() && args.poll_seconds > 0.0) {
         anyhow::bail!("--poll-seconds must be positive");
     }

@@ -7,10 +7,12 @@
 
 mod graph;
 mod hparams;
+mod observer;
 mod projector;
 
 pub use graph::{GraphSpec, build_graph, encode_graph};
 pub use hparams::HParamValue;
+pub use observer::TensorBoardObserver;
 pub use projector::write_projector;
 
 use anyhow::{Context, bail};

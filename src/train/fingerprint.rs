@@ -217,7 +217,7 @@ mod tests {
         let train = dir.path().join("train.tsv");
         std::fs::write(&train, lines(200, &["a", "b", "c"])).unwrap();
         let toml = format!("[data]\ntrain = {:?}\ntest_fraction = 0.25\n[vocab]\nbuckets = 100\n", train.display().to_string());
-        let config = Config::from_toml(&toml, "test", None, &[]).unwrap();
+        let config = Config::from_toml(&toml, "test", &[]).unwrap();
         let p = prepare(&config).unwrap();
         let fp = &p.fingerprint;
 

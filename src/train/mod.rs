@@ -1,15 +1,26 @@
 //! Training: the loop, evaluation, checkpoints and the run directory.
+//!
+//! From code, train with [`Trainer`] (data from files or memory, observers,
+//! a cancel token, the model returned in memory); [`train`] is what the CLI
+//! runs (data files, run directory, resume).
 
 pub mod checkpoint;
 pub mod eval;
 pub mod fingerprint;
+pub mod model;
+pub mod observer;
 pub mod prepare;
 pub mod resident;
 pub mod run_dir;
 mod rowset;
 mod schedule;
+mod session;
 mod trainer;
 
 pub use eval::{evaluate, EvalMetrics};
+pub use model::TrainedModel;
+pub use observer::{Observer, RunStart, StepEvent};
+pub use prepare::{DataSource, Examples};
 pub use schedule::lr_factor;
-pub use trainer::{install_ctrl_c_handler, train, RunOutcome, StepTimeStats, StepTimings, TrainOptions};
+pub use session::{Trained, Trainer};
+pub use trainer::{train, train_with, RunOutcome, StepTimeStats, StepTimings, TrainOptions};

@@ -13,8 +13,26 @@ use rand_chacha::ChaCha8Rng;
 use super::fingerprint::DataFingerprint;
 use crate::config::Config;
 use crate::data::dataset::UNKNOWN_LABEL;
-use crate::data::tokenized::{tokenize_file, Interner, TokenRows, TokenizedFile};
+use crate::data::tokenized::{tokenize_examples, tokenize_file, Interner, TokenRows, TokenizedFile};
 use crate::data::{Dataset, Featurizer, Labels, ReadStats, Tokenizer, Vocab};
+
+/// Where the examples come from.
+#[derive(Clone, Debug, Default)]
+pub enum DataSource {
+    /// The config's `data.train` and `data.test` files.
+    #[default]
+    Files,
+    /// `(label, text)` pairs held in memory.
+    Examples(Examples),
+}
+
+/// Examples given in memory (the config's `data.train`/`data.test` are then unused).
+#[derive(Clone, Debug, Default)]
+pub struct Examples {
+    pub train: Vec<(String, String)>,
+    /// `None`: hold out `data.test_fraction` of each label's training examples, as with files.
+    pub test: Option<Vec<(String, String)>>,
+}
 
 pub struct Prepared {
     pub featurizer: Featurizer,
@@ -23,6 +41,8 @@ pub struct Prepared {
     pub test: Dataset,
     /// What the data files and the derived vocabulary, labels and split were.
     pub fingerprint: DataFingerprint,
+    /// The training data's file (or in-memory name), for messages.
+    pub train_source: String,
 }
 
 /// Indices held out for testing: `fraction` of each label's examples, drawn with `seed`.
@@ -44,19 +64,42 @@ fn stratified_holdout(labels: &[String], fraction: f64, seed: u64) -> Vec<bool> 
     test
 }
 
+/// Reads and encodes the config's data files.
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+    prepare_from(config, &DataSource::Files)
+}
+
+/// Encodes the examples of `source`, with the config's tokenizer, vocabulary and split settings.
+pub fn prepare_from(config: &Config, source: &DataSource) -> anyhow::Result<Prepared> {
     let d = &config.data;
     let tokenizer = Tokenizer::new(config.tokenizer.clone());
     let mut interner = Interner::default();
-    let train_file = tokenize_file(&d.train, d.format, d.strict, &tokenizer, &mut interner)?;
-    if train_file.is_empty() {
-        anyhow::bail!("{}: no usable examples (empty file, or every line is bad)", d.train.display());
-    }
-    let test_file = match &d.test {
-        Some(path) => Some(tokenize_file(path, d.format, d.strict, &tokenizer, &mut interner)?),
-        None => None,
+    let (train_file, test_file) = match source {
+        DataSource::Files => {
+            let train = tokenize_file(&d.train, d.format, d.strict, &tokenizer, &mut interner)?;
+            let test = match &d.test {
+                Some(path) => Some(tokenize_file(path, d.format, d.strict, &tokenizer, &mut interner)?),
+                None => None,
+            };
+            (train, test)
+        }
+        DataSource::Examples(e) => {
+            let train = tokenize_examples(&e.train, IN_MEMORY_TRAIN, &tokenizer, &mut interner)?;
+            let test = match &e.test {
+                Some(test) => Some(tokenize_examples(test, IN_MEMORY_TEST, &tokenizer, &mut interner)?),
+                None => None,
+            };
+            (train, test)
+        }
     };
-    let held_out = match d.test {
+    let train_source = train_file.identity.path.display().to_string();
+    if train_file.is_empty() {
+        anyhow::bail!("{train_source}: no usable examples (empty file, or every line is bad)");
+    }
+    if test_file.is_none() && !(d.test_fraction > 0.0 && d.test_fraction < 1.0) {
+        anyhow::bail!("`data.test_fraction` must be in (0, 1) when there is no test set, got {}", d.test_fraction);
+    }
+    let held_out = match test_file {
         Some(_) => vec![false; train_file.len()],
         None => stratified_holdout(&train_file.labels, d.test_fraction, d.split_seed),
     };
@@ -84,8 +127,12 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     };
     let files = std::iter::once(("train", &train_file)).chain(test_file.as_ref().map(|f| ("test", f)));
     let fingerprint = DataFingerprint::new(files, &labels, featurizer.vocab(), &held_out, train.len(), test.len());
-    Ok(Prepared { featurizer, labels, train: Arc::new(train), test, fingerprint })
+    Ok(Prepared { featurizer, labels, train: Arc::new(train), test, fingerprint, train_source })
 }
+
+/// What in-memory examples are called in messages and the data fingerprint.
+pub const IN_MEMORY_TRAIN: &str = "<in-memory train examples>";
+pub const IN_MEMORY_TEST: &str = "<in-memory test examples>";
 
 /// Row ids and label ids of every example of `file`.
 fn encode(rows: &TokenRows, featurizer: &Featurizer, file: &TokenizedFile, labels: &Labels) -> Dataset {
@@ -157,7 +204,7 @@ mod tests {
     }
 
     fn config(text: &str, overrides: &[String]) -> Config {
-        Config::from_toml(text, "test", None, overrides).unwrap()
+        Config::from_toml(text, "test", overrides).unwrap()
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! The run directory: `<logging.dir>/<experiment>/<arm>-<n>/`, holding the
 //! resolved config, labels, vocabulary, metrics, checkpoints and TensorBoard files.
+//!
+//! This module is the run directory's contract: the file names, and one serde
+//! type per record of `metrics.jsonl` ([`MetricsRecord`]) and for
+//! `summary.json` ([`Summary`]). The trainer writes them and `compare` reads
+//! them back through the same types.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::data::{Labels, Vocab};
@@ -16,6 +21,98 @@ pub const LABELS_FILE: &str = "labels.txt";
 pub const VOCAB_FILE: &str = "vocab.txt";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const LOCK_FILE: &str = ".lock";
+/// The run's outcome, written when it ends (also when interrupted).
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// What `summary.json` holds: the outcome a run returned.
+pub type Summary = super::RunOutcome;
+
+/// One line of `metrics.jsonl`, tagged by `kind`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MetricsRecord {
+    Train(TrainRecord),
+    Eval(EvalRecord),
+}
+
+impl MetricsRecord {
+    pub fn step(&self) -> u64 {
+        match self {
+            MetricsRecord::Train(r) => r.step,
+            MetricsRecord::Eval(r) => r.step,
+        }
+    }
+}
+
+/// A training step (every `logging.scalar_every` steps).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainRecord {
+    /// Steps done, this one included.
+    pub step: u64,
+    /// Epoch in progress after the step (0-based).
+    pub epoch: u64,
+    /// The batch's mean loss, computed before this step's update.
+    pub loss: f32,
+    /// The batch's accuracy, before the update.
+    pub accuracy: f32,
+    pub lr_table: f64,
+    pub lr_head: f64,
+    /// Examples per second of training time so far (evaluation excluded).
+    pub examples_per_second: f64,
+    /// Distinct table rows in the batch.
+    pub rows_touched: u64,
+    /// rows_touched / row ids in the batch.
+    pub unique_ratio: f64,
+    pub train_seconds: f64,
+}
+
+/// An evaluation on the test set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub step: u64,
+    pub epoch: u64,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub top_k_accuracy: f64,
+    pub k: usize,
+    pub train_seconds: f64,
+}
+
+/// Writes `summary.json` (through a temporary file).
+pub fn write_summary(dir: &Path, summary: &Summary) -> anyhow::Result<()> {
+    write_atomic(&dir.join(SUMMARY_FILE), |w| serde_json::to_writer_pretty(w, summary).map_err(std::io::Error::other))
+}
+
+/// Reads `summary.json`.
+pub fn read_summary(dir: &Path) -> anyhow::Result<Summary> {
+    let path = dir.join(SUMMARY_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a run summary", path.display()))
+}
+
+/// Every record of a run's `metrics.jsonl` (no file: none). A torn last line
+/// (a run killed mid-write) is skipped; any other bad line is an error naming it.
+pub fn read_metrics(dir: &Path) -> anyhow::Result<Vec<MetricsRecord>> {
+    let path = dir.join(METRICS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut records = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<MetricsRecord>(line) {
+            Ok(r) => records.push(r),
+            Err(_) if i + 1 == lines.len() => break,
+            Err(e) => anyhow::bail!("{}: line {}: not a metrics record: {e}", path.display(), i + 1),
+        }
+    }
+    Ok(records)
+}
 
 /// An exclusive lock on a run directory, held while a process trains in it:
 /// a second `train` or `--resume` of the same directory would otherwise
@@ -93,7 +190,7 @@ impl MetricsLog {
             let old = std::fs::read_to_string(&path).unwrap_or_default();
             let kept: String = old
                 .lines()
-                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+                .filter(|l| serde_json::from_str::<MetricsRecord>(l).is_ok_and(|r| r.step() <= step))
                 .map(|l| format!("{l}\n"))
                 .collect();
             write_atomic(&path, |w| w.write_all(kept.as_bytes()))?;
@@ -102,7 +199,7 @@ impl MetricsLog {
         Ok(MetricsLog { file })
     }
 
-    pub fn write(&mut self, record: &impl Serialize) -> anyhow::Result<()> {
+    pub fn write(&mut self, record: &MetricsRecord) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
         self.file.write_all(&line).context("writing metrics.jsonl")

@@ -3,7 +3,6 @@
 //! dense part can run on the CPU or a GPU while the table stays in host memory.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,36 +15,25 @@ use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, CheckpointStats, Checkpointer, TrainerState};
 use super::eval::{evaluate, EvalMetrics};
-use super::prepare::{prepare, Prepared};
+use super::model::TrainedModel;
+use super::observer::{Observer, RunStart, StepEvent};
+use super::prepare::{prepare_from, DataSource, Prepared};
 use super::resident::ResidentRows;
-use super::run_dir::{self, MetricsLog};
+use super::run_dir::{self, EvalRecord, MetricsLog, MetricsRecord, TrainRecord};
 use super::schedule::lr_factor;
+use crate::cancel::CancelToken;
 use crate::config::Config;
 use crate::data::{Batch, BatchIter};
 use crate::device::{DenseDevice, TABLE_DEVICE};
 use crate::memory::MemoryPlan;
 use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Head, HeadConfig, HeadWeights, SparseGrad, TableRecipe};
 use crate::optim::TableOptimizer;
-use crate::summary::{GraphSpec, HParamValue, RunSummary};
+use crate::summary::{GraphSpec, HParamValue, TensorBoardObserver};
 use crate::sys;
-
-/// Set by Ctrl-C: the loop checkpoints, flushes TensorBoard and returns.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-/// Makes Ctrl-C stop training gracefully (a second Ctrl-C exits at once).
-pub fn install_ctrl_c_handler() {
-    let _ = ctrlc::set_handler(|| {
-        if STOP.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: writing a final checkpoint (Ctrl-C again to abort)");
-    });
-}
 
 #[derive(Clone, Debug, Default)]
 pub struct TrainOptions {
@@ -59,6 +47,10 @@ pub struct TrainOptions {
     /// and `train.max_steps`, to extend a run (anything else would change what
     /// the checkpoints mean).
     pub resume_overrides: Vec<String>,
+    /// Cancelled (from another thread, or by the CLI's Ctrl-C handler): the
+    /// loop stops after the current step, checkpoints and returns an
+    /// outcome marked `interrupted`.
+    pub cancel: CancelToken,
 }
 
 /// The keys `--set` may change on `--resume`.
@@ -77,6 +69,20 @@ pub struct StepTimings {
 }
 
 impl StepTimings {
+    /// Each phase divided by `steps`: sums into means.
+    fn per_step(&self, steps: u64) -> StepTimings {
+        let n = steps.max(1) as f64;
+        StepTimings {
+            data_ms: self.data_ms / n,
+            bag_forward_ms: self.bag_forward_ms / n,
+            head_forward_ms: self.head_forward_ms / n,
+            head_backward_ms: self.head_backward_ms / n,
+            bag_backward_ms: self.bag_backward_ms / n,
+            table_optimizer_ms: self.table_optimizer_ms / n,
+            head_optimizer_ms: self.head_optimizer_ms / n,
+        }
+    }
+
     fn total_ms(&self) -> f64 {
         self.data_ms + self.bag_forward_ms + self.head_forward_ms + self.head_backward_ms + self.bag_backward_ms + self.table_optimizer_ms + self.head_optimizer_ms
     }
@@ -144,17 +150,47 @@ type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
 #[cfg(feature = "cuda")]
 type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda>;
 
-/// Trains the experiment described by `config` (or resumes one) and returns its outcome.
+/// Trains the experiment described by `config` on its data files (or resumes
+/// one) and returns its outcome. [`super::Trainer`] adds in-memory data and
+/// returns the trained model.
 pub fn train(config: &Config, options: &TrainOptions) -> anyhow::Result<RunOutcome> {
+    train_with(config, options, Vec::new())
+}
+
+/// [`train`], reporting its events to `observers` (the CLI's progress display).
+pub fn train_with(config: &Config, options: &TrainOptions, observers: Vec<Box<dyn Observer>>) -> anyhow::Result<RunOutcome> {
+    train_observed(config, options, &DataSource::Files, observers, false, false).map(|(outcome, _)| outcome)
+}
+
+/// [`train`] with a data source and observers; returns the model too when `keep_model`.
+pub(crate) fn train_observed(
+    config: &Config,
+    options: &TrainOptions,
+    data: &DataSource,
+    observers: Vec<Box<dyn Observer>>,
+    keep_model: bool,
+    temporary_dir: bool,
+) -> anyhow::Result<(RunOutcome, Option<TrainedModel>)> {
     let dense = crate::device::parse_dense_device(&config.placement.dense).map_err(anyhow::Error::msg)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(config.train.threads).build().context("building the thread pool")?;
+    let session = Session { options, data, observers, keep_model, temporary_dir };
     pool.install(|| match dense {
-        DenseDevice::Cpu => run::<CpuBackend>(config, options, Default::default(), dense),
+        DenseDevice::Cpu => run::<CpuBackend>(config, session, Default::default(), dense),
         #[cfg(feature = "cuda")]
-        DenseDevice::Cuda(n) => run::<CudaBackend>(config, options, burn::backend::cuda::CudaDevice::new(n), dense),
+        DenseDevice::Cuda(n) => run::<CudaBackend>(config, session, burn::backend::cuda::CudaDevice::new(n), dense),
         #[cfg(not(feature = "cuda"))]
         DenseDevice::Cuda(_) => unreachable!("parse_dense_device rejects cuda without the feature"),
     })
+}
+
+/// What one call asks of a run besides its config.
+struct Session<'a> {
+    options: &'a TrainOptions,
+    data: &'a DataSource,
+    observers: Vec<Box<dyn Observer>>,
+    keep_model: bool,
+    /// The run directory is a temporary folder, deleted after the run.
+    temporary_dir: bool,
 }
 
 fn head_optimizer_config(config: &Config) -> AdamConfig {
@@ -165,15 +201,6 @@ fn head_optimizer_config(config: &Config) -> AdamConfig {
 
 fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
     NamedMpkBytesRecorder::new()
-}
-
-fn progress_bar(quiet: bool, total: u64) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("valid template").progress_chars("=> "));
-    bar
 }
 
 /// Everything a running experiment holds.
@@ -199,7 +226,9 @@ struct Run<B: AutodiffBackend> {
     first_step_seconds: Option<f64>,
     /// Held until the run ends: a second process gets a clear error.
     _lock: run_dir::RunLock,
-    summary: Option<RunSummary>,
+    observers: Vec<Box<dyn Observer>>,
+    cancel: CancelToken,
+    temporary_dir: bool,
     metrics: MetricsLog,
     best: Option<EvalMetrics>,
     /// The newest evaluation and the step it was taken at.
@@ -213,8 +242,12 @@ struct Run<B: AutodiffBackend> {
     steps_this_session: u64,
 }
 
-fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::Device, dense: DenseDevice) -> anyhow::Result<RunOutcome> {
+fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device, dense: DenseDevice) -> anyhow::Result<(RunOutcome, Option<TrainedModel>)> {
     let started = Instant::now();
+    let Session { options, data: source, mut observers, keep_model, temporary_dir } = session;
+    if keep_model && options.resume.is_some() {
+        bail!("a resumed run cannot return its model in memory: export it from the run directory");
+    }
     let log = !config.logging.quiet;
     let (config, dir) = match &options.resume {
         Some(dir) => {
@@ -252,7 +285,7 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         Some(dir) => Some(Checkpoint::open_latest(dir)?),
         None => None,
     };
-    let mut data = prepare(&config)?;
+    let mut data = prepare_from(&config, source)?;
     if options.resume.is_some() {
         // Before anything in the run directory is rewritten: resuming on other data
         // would put labels on the wrong outputs and words on other rows.
@@ -260,24 +293,22 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
             Some(recorded) => recorded
                 .compare(&data.fingerprint)
                 .map_err(|e| anyhow::anyhow!("{}: {e}; refusing to resume on changed data", dir.display()))?,
-            None => eprintln!("warning: {} has no data fingerprint (trained by an older sparseburn): data changes cannot be detected", dir.display()),
+            None => log::warn!("{} has no data fingerprint (trained by an older sparseburn): data changes cannot be detected", dir.display()),
         }
     }
     if let Some(ckpt) = &checkpoint {
         let total = total_steps(&config, data.train.len());
-        let summary = dir.join("summary.json");
-        if ckpt.state.step >= total && summary.is_file() {
+        if ckpt.state.step >= total && dir.join(run_dir::SUMMARY_FILE).is_file() {
             // Nothing to train: report the finished run and change nothing.
-            let text = std::fs::read_to_string(&summary).with_context(|| format!("cannot read {}", summary.display()))?;
-            let outcome: RunOutcome = serde_json::from_str(&text).with_context(|| format!("{}: corrupt summary", summary.display()))?;
-            // Said even with logging.quiet (which silences progress): the user asked for work that is not done.
-            eprintln!("{}: already complete ({} of {total} steps); nothing to do (extend it with --set train.epochs=N)", dir.display(), ckpt.state.step);
-            return Ok(outcome);
+            let outcome = run_dir::read_summary(&dir)?;
+            // A warning, shown even with logging.quiet (which silences progress): the user asked for work that is not done.
+            log::warn!("{}: already complete ({} of {total} steps); nothing to do (extend it with --set train.epochs=N)", dir.display(), ckpt.state.step);
+            return Ok((outcome, None));
         }
     }
     if log {
         let s = &data.train.stats;
-        eprintln!(
+        log::info!(
             "data: {} train / {} test examples, {} labels, vocabulary {} + {} buckets = {} rows",
             data.train.len(),
             data.test.len(),
@@ -288,10 +319,10 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         );
         if s.bad > 0 {
             let sample: Vec<String> = s.bad_samples.iter().map(|(l, r)| format!("line {l}: {r}")).collect();
-            eprintln!("data: skipped {} bad lines in {} ({})", s.bad, config.data.train.display(), sample.join("; "));
+            log::warn!("data: skipped {} bad lines in {} ({})", s.bad, data.train_source, sample.join("; "));
         }
         if data.test.unknown_labels > 0 {
-            eprintln!("data: {} test examples have labels never seen in training (counted as errors)", data.test.unknown_labels);
+            log::warn!("data: {} test examples have labels never seen in training (counted as errors)", data.test.unknown_labels);
         }
     }
     run_dir::write_run_files(&dir, &config, &data.labels, data.featurizer.vocab())?;
@@ -311,13 +342,13 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
     });
     let held_rows = resident.as_ref().map_or(rows, |r| r.len());
     if log && resident.is_some() {
-        eprintln!("table: {held_rows} of {rows} rows held in memory (the rows the data reaches; the others keep their initial values)");
+        log::info!("table: {held_rows} of {rows} rows held in memory (the rows the data reaches; the others keep their initial values)");
     }
     // Before the table and its optimizer state are allocated.
     let (huge_pages, page_share) = huge_pages_for(&config, &data.train.ids, held_rows);
-    crate::model::table::set_huge_pages(huge_pages);
+    crate::mem::set_huge_pages(huge_pages);
     if log {
-        eprintln!(
+        log::info!(
             "huge pages: {} (memory.huge_pages = {}; the training rows touch ~{:.0}% of the table's 4 KiB pages)",
             if huge_pages { "on" } else { "off" },
             format!("{:?}", config.memory.huge_pages).to_lowercase(),
@@ -334,7 +365,7 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         return Err(e);
     }
     if log {
-        eprintln!("memory plan:\n{}", plan.describe());
+        log::info!("memory plan:\n{}", plan.describe());
     }
     let mut table_optimizer = config.optimizer.table.init(held_rows, dim);
     let mut head_optimizer = head_optimizer_config(&config).init::<B, Head<B>>();
@@ -368,7 +399,10 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
     let head = Head::<B>::from_weights(&head_weights, &device);
     // A fresh run in a reused directory starts a fresh log; a resumed one drops records past its checkpoint.
     let metrics = MetricsLog::open(&dir, Some(checkpoint.as_ref().map_or(0, |c| c.state.step)))?;
-    let summary = if config.logging.tensorboard { Some(RunSummary::create(&dir, &config.logging.dir)?) } else { None };
+    if config.logging.tensorboard {
+        // First: it sees every event before the caller's observers.
+        observers.insert(0, Box::new(TensorBoardObserver::create(&dir, &config.logging.dir)?));
+    }
 
     let mut run = Run {
         config,
@@ -387,7 +421,9 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         started,
         first_step_seconds: None,
         _lock: lock,
-        summary,
+        observers,
+        cancel: options.cancel.clone(),
+        temporary_dir,
         metrics,
         best: None,
         last_eval: None,
@@ -398,17 +434,15 @@ fn run<B: AutodiffBackend>(config: &Config, options: &TrainOptions, device: B::D
         examples: 0,
         steps_this_session: 0,
     };
-    run.write_static_summaries(dense, checkpoint.is_none());
+    run.start(dense, checkpoint.is_none());
     let outcome = run.train_loop(options.stop_after_step).and_then(|interrupted| run.finish(interrupted));
-    // Finish TensorBoard on every path (tensorboard-rs completes its file only when the
-    // writer is dropped): close marks the HParams session a success, a plain drop a failure.
-    if let Some(s) = run.summary.take() {
-        match &outcome {
-            Ok(_) => s.close(),
-            Err(_) => drop(s),
-        }
+    // Every observer hears how the run ended, on every path.
+    for o in &mut run.observers {
+        o.on_finish(outcome.as_ref());
     }
-    outcome
+    let outcome = outcome?;
+    let model = keep_model.then(|| run.into_model()).transpose()?;
+    Ok((outcome, model))
 }
 
 /// Whether the table and its state should use transparent huge pages, and the
@@ -467,18 +501,19 @@ impl<B: AutodiffBackend> Run<B> {
         }
     }
 
-    /// Graph, hparams and config: written once per run, never per step.
-    /// `first_session`: a resumed run already has its graph and hparams session.
-    fn write_static_summaries(&mut self, dense: DenseDevice, first_session: bool) {
+    /// Tells the observers the run starts (graph, hparams and config go to
+    /// TensorBoard once per run). `first_session`: false when resuming.
+    fn start(&mut self, dense: DenseDevice, first_session: bool) {
         let spec = self.graph_spec(dense);
         if self.config.logging.log_device_placement {
-            eprintln!("device placement:");
-            eprintln!("  embedding/table [{}, {}] (+ {} state): {}", spec.table_rows, spec.dim, spec.table_optimizer, spec.table_device);
-            eprintln!("  embedding/bag_pool ({}) and its sparse backward: {}", spec.pooling, spec.table_device);
+            let mut text = String::from("device placement:");
+            text += &format!("\n  embedding/table [{}, {}] (+ {} state): {}", spec.table_rows, spec.dim, spec.table_optimizer, spec.table_device);
+            text += &format!("\n  embedding/bag_pool ({}) and its sparse backward: {}", spec.pooling, spec.table_device);
             for (i, (a, b)) in spec.head_layers.iter().enumerate() {
-                eprintln!("  head/linear_{i} weight [{a}, {b}], bias [{b}]: {}", spec.dense_device);
+                text += &format!("\n  head/linear_{i} weight [{a}, {b}], bias [{b}]: {}", spec.dense_device);
             }
-            eprintln!("  loss/softmax_cross_entropy, optimizer/adam: {}", spec.dense_device);
+            text += &format!("\n  loss/softmax_cross_entropy, optimizer/adam: {}", spec.dense_device);
+            log::info!("{text}");
         }
         let c = &self.config;
         let t = &c.optimizer.table;
@@ -506,19 +541,23 @@ impl<B: AutodiffBackend> Run<B> {
             ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
         ])
         .collect();
-        let config_text = format!("```toml\n{}\n```", c.to_toml());
-        if let Some(s) = self.summary.as_mut().filter(|_| first_session) {
-            s.graph(&spec);
-            s.hparams(&hparams, &["eval/accuracy", "eval/loss", "eval/top_k_accuracy"]);
-            s.text("config", &config_text, self.state.step);
+        let start = RunStart {
+            run_dir: (!self.temporary_dir).then_some(self.dir.as_path()),
+            config: &self.config,
+            total_steps: self.total_steps(),
+            first_step: self.state.step,
+            first_session,
+            graph: &spec,
+            hparams: &hparams,
+        };
+        for o in &mut self.observers {
+            o.on_start(&start);
         }
     }
 
-    /// Returns whether the run was interrupted by Ctrl-C.
+    /// Returns whether the run was cancelled (or stopped at `stop_after_step`).
     fn train_loop(&mut self, stop_after_step: Option<u64>) -> anyhow::Result<bool> {
         let total = self.total_steps();
-        let bar = progress_bar(self.config.logging.quiet, total);
-        bar.set_position(self.state.step);
         let loss_fn = CrossEntropyLossConfig::new().init::<B>(&self.device);
         let dim = self.table.dim();
         let mut grad = SparseGrad::new(dim);
@@ -551,7 +590,7 @@ impl<B: AutodiffBackend> Run<B> {
                 self.tokens += batch.ids.len() as u64;
                 self.examples += batch.len() as u64;
                 self.state.train_seconds = seconds_before + session_start.elapsed().as_secs_f64();
-                self.log_step(&batch, &grad, loss, accuracy, lr, &bar)?;
+                self.log_step(&batch, &grad, loss, accuracy, lr, total)?;
 
                 // The epoch rolls over before evaluation and checkpoint, so a checkpoint
                 // at this step already includes its evaluation and a resume never repeats it.
@@ -567,7 +606,7 @@ impl<B: AutodiffBackend> Run<B> {
                 };
                 if evaluate_now {
                     let paused = Instant::now();
-                    self.eval_and_log(&bar)?;
+                    self.eval_and_log()?;
                     session_start += paused.elapsed(); // evaluation is not training time
                 }
                 if self.config.checkpoint.every > 0 && step.is_multiple_of(self.config.checkpoint.every) {
@@ -575,8 +614,7 @@ impl<B: AutodiffBackend> Run<B> {
                     self.checkpoint(false)?;
                     session_start += paused.elapsed();
                 }
-                if STOP.load(Ordering::SeqCst) || stop_after_step == Some(step) {
-                    bar.abandon_with_message("interrupted");
+                if self.cancel.is_cancelled() || stop_after_step == Some(step) {
                     return Ok(true);
                 }
                 if epoch_done {
@@ -584,7 +622,6 @@ impl<B: AutodiffBackend> Run<B> {
                 }
             }
         }
-        bar.finish_and_clear();
         Ok(false)
     }
 
@@ -658,83 +695,72 @@ impl<B: AutodiffBackend> Run<B> {
         Ok((loss_value, correct / n as f32))
     }
 
-    fn log_step(&mut self, batch: &Batch, grad: &SparseGrad, loss: f32, accuracy: f32, lr: f64, bar: &ProgressBar) -> anyhow::Result<()> {
+    fn log_step(&mut self, batch: &Batch, grad: &SparseGrad, loss: f32, accuracy: f32, lr: f64, total_steps: u64) -> anyhow::Result<()> {
         let step = self.state.step;
-        let eps = self.examples as f64 / self.state.train_seconds.max(1e-9);
-        bar.set_position(step);
-        bar.set_message(format!("epoch {} loss {loss:.4} {eps:.0} ex/s", self.state.epoch + 1));
-        let every = self.config.logging.scalar_every.max(1);
-        if !step.is_multiple_of(every) {
-            return Ok(());
-        }
-        let lr_table = self.config.optimizer.table.lr() * lr;
-        let lr_head = self.config.optimizer.head.lr * lr;
-        let unique_ratio = grad.len() as f64 / batch.ids.len().max(1) as f64;
-        self.metrics.write(&serde_json::json!({
-            "kind": "train", "step": step, "epoch": self.state.epoch, "loss": loss, "accuracy": accuracy,
-            "lr_table": lr_table, "lr_head": lr_head, "examples_per_second": eps,
-            "rows_touched": grad.len(), "unique_ratio": unique_ratio, "train_seconds": self.state.train_seconds,
-        }))?;
-        let Some(s) = &mut self.summary else { return Ok(()) };
-        let n = self.steps_this_session.max(1) as f64;
-        let t = &self.timings;
-        for (tag, v) in [
-            ("train/loss", loss as f64),
-            ("train/accuracy", accuracy as f64),
-            ("train/lr_table", lr_table),
-            ("train/lr_head", lr_head),
-            ("perf/examples_per_second", eps),
-            ("perf/rows_touched", grad.len() as f64),
-            ("perf/unique_id_ratio", unique_ratio),
-            ("perf/table_bytes", self.table.bytes() as f64),
-            ("perf/optimizer_state_bytes", self.table_optimizer.state_bytes() as f64),
-            ("time_ms/data", t.data_ms / n),
-            ("time_ms/bag_forward", t.bag_forward_ms / n),
-            ("time_ms/head_forward", t.head_forward_ms / n),
-            ("time_ms/head_backward", t.head_backward_ms / n),
-            ("time_ms/bag_backward", t.bag_backward_ms / n),
-            ("time_ms/table_optimizer", t.table_optimizer_ms / n),
-            ("time_ms/head_optimizer", t.head_optimizer_ms / n),
-        ] {
-            s.scalar(tag, v as f32, step);
-        }
+        let record = TrainRecord {
+            step,
+            epoch: self.state.epoch,
+            loss,
+            accuracy,
+            lr_table: self.config.optimizer.table.lr() * lr,
+            lr_head: self.config.optimizer.head.lr * lr,
+            examples_per_second: self.examples as f64 / self.state.train_seconds.max(1e-9),
+            rows_touched: grad.len() as u64,
+            unique_ratio: grad.len() as f64 / batch.ids.len().max(1) as f64,
+            train_seconds: self.state.train_seconds,
+        };
+        let logged = step.is_multiple_of(self.config.logging.scalar_every.max(1));
         let hist_every = self.config.logging.histogram_every;
-        if hist_every > 0 && step.is_multiple_of(hist_every) {
+        let mut histograms = Vec::new();
+        if logged && self.config.logging.tensorboard && hist_every > 0 && step.is_multiple_of(hist_every) {
             let dim = self.table.dim();
             let row_norms: Vec<f32> = grad.rows().iter().map(|&r| self.table.row(r as usize).iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
             let grad_norms: Vec<f32> = grad.values().chunks(dim).map(|g| g.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
-            s.histogram("embedding/touched_row_norms", &row_norms, step);
-            s.histogram("embedding/grad_row_norms", &grad_norms, step);
-            for (i, l) in self.head.weights().layers.iter().enumerate() {
-                s.histogram(&format!("head/linear_{i}/weight"), &l.weight, step);
-                s.histogram(&format!("head/linear_{i}/bias"), &l.bias, step);
+            histograms.push(("embedding/touched_row_norms".to_string(), row_norms));
+            histograms.push(("embedding/grad_row_norms".to_string(), grad_norms));
+            for (i, l) in self.head.weights().layers.into_iter().enumerate() {
+                histograms.push((format!("head/linear_{i}/weight"), l.weight));
+                histograms.push((format!("head/linear_{i}/bias"), l.bias));
             }
+        }
+        let event = StepEvent {
+            record: &record,
+            total_steps,
+            logged,
+            timings: &self.timings.per_step(self.steps_this_session),
+            table_bytes: self.table.bytes() as u64,
+            optimizer_state_bytes: self.table_optimizer.state_bytes() as u64,
+            histograms: &histograms,
+        };
+        for o in &mut self.observers {
+            o.on_step(&event);
+        }
+        if logged {
+            self.metrics.write(&MetricsRecord::Train(record))?;
         }
         Ok(())
     }
 
-    fn eval_and_log(&mut self, bar: &ProgressBar) -> anyhow::Result<EvalMetrics> {
+    fn eval_and_log(&mut self) -> anyhow::Result<EvalMetrics> {
         let head = self.head.weights();
         let m = evaluate(&self.table, &head, self.config.model.pooling, &self.data.test, self.config.train.top_k);
-        let step = self.state.step;
-        self.metrics.write(&serde_json::json!({
-            "kind": "eval", "step": step, "epoch": self.state.epoch, "loss": m.loss, "accuracy": m.accuracy,
-            "top_k_accuracy": m.top_k_accuracy, "k": m.k, "train_seconds": self.state.train_seconds,
-        }))?;
-        if let Some(s) = &mut self.summary {
-            s.scalar("eval/loss", m.loss as f32, step);
-            s.scalar("eval/accuracy", m.accuracy as f32, step);
-            s.scalar("eval/top_k_accuracy", m.top_k_accuracy as f32, step);
-            s.flush();
+        let record = EvalRecord {
+            step: self.state.step,
+            epoch: self.state.epoch,
+            loss: m.loss,
+            accuracy: m.accuracy,
+            top_k_accuracy: m.top_k_accuracy,
+            k: m.k,
+            train_seconds: self.state.train_seconds,
+        };
+        for o in &mut self.observers {
+            o.on_eval(&record);
         }
-        if !self.config.logging.quiet {
-            // suspend (not println): println prints nothing when stderr is not a terminal.
-            bar.suspend(|| eprintln!("step {step}: eval loss {:.4} accuracy {:.4} top-{} {:.4}", m.loss, m.accuracy, m.k, m.top_k_accuracy));
-        }
+        self.metrics.write(&MetricsRecord::Eval(record))?;
         if self.best.as_ref().is_none_or(|b| m.accuracy > b.accuracy) {
             self.best = Some(m.clone());
         }
-        self.last_eval = Some((step, m.clone()));
+        self.last_eval = Some((self.state.step, m.clone()));
         Ok(m)
     }
 
@@ -769,16 +795,7 @@ impl<B: AutodiffBackend> Run<B> {
         }
         self.checkpointer.finish()?;
         let n = self.steps_this_session.max(1) as f64;
-        let t = &self.timings;
-        let timings = StepTimings {
-            data_ms: t.data_ms / n,
-            bag_forward_ms: t.bag_forward_ms / n,
-            head_forward_ms: t.head_forward_ms / n,
-            head_backward_ms: t.head_backward_ms / n,
-            bag_backward_ms: t.bag_backward_ms / n,
-            table_optimizer_ms: t.table_optimizer_ms / n,
-            head_optimizer_ms: t.head_optimizer_ms / n,
-        };
+        let timings = self.timings.per_step(self.steps_this_session);
         let step_seconds = timings.total_ms() / 1e3;
         let per_step = |x: u64| x as f64 / n;
         let outcome = RunOutcome {
@@ -802,11 +819,26 @@ impl<B: AutodiffBackend> Run<B> {
             time_to_first_step_seconds: self.first_step_seconds.unwrap_or(0.0),
             checkpoint: self.checkpointer.stats().clone(),
         };
-        crate::io::write_atomic(&self.dir.join("summary.json"), |w| serde_json::to_writer_pretty(w, &outcome).map_err(std::io::Error::other))?;
+        run_dir::write_summary(&self.dir, &outcome)?;
         if !self.config.logging.quiet {
-            eprintln!("checkpoint: {}", ckpt.display());
+            log::info!("checkpoint: {}", ckpt.display());
         }
         Ok(outcome)
+    }
+
+    /// The trained model, for predicting in memory.
+    fn into_model(self) -> anyhow::Result<TrainedModel> {
+        let table = if self.resident.is_some() {
+            // Only the reached rows are held: the whole table (the others at their
+            // initial values, with any decay they owe) is what export builds from
+            // the final checkpoint, so build it the same way.
+            Checkpoint::open_latest(&self.dir)?.model()?.0
+        } else {
+            let mut table = self.table;
+            table.materialize_all();
+            table
+        };
+        Ok(TrainedModel::new(self.data.featurizer, self.data.labels, table, self.head.valid().weights(), self.config.model.pooling))
     }
 
     fn write_projector(&mut self) -> anyhow::Result<()> {

@@ -69,8 +69,9 @@ use rayon::prelude::*;
 
 use plan::{TreePlan, plan_tree};
 
+use super::adam::AdamBook;
+use super::{AdamConfig, BiasCorrection, StateError, StateSource};
 use crate::model::{Bags, EmbeddingTable, Pooling};
-use crate::optim::{AdamConfig, BiasCorrection, StateError, StateSource};
 
 /// Bytes a device table takes, split by where they live.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -91,12 +92,9 @@ pub struct DeviceTable<B: Backend> {
     weights: Option<Tensor<B, 2>>,
     m: Option<Tensor<B, 2>>,
     v: Option<Tensor<B, 2>>,
-    config: AdamConfig,
     reduce: SegmentReduce,
-    step: u64,
-    row_steps: Vec<u32>,
-    log_decay: f64,
-    row_log_decay: Vec<f64>,
+    /// Step counts and decay marks, on the host: the host LazyAdam's own.
+    book: AdamBook,
     device: B::Device,
 }
 
@@ -105,9 +103,9 @@ impl<B: Backend> std::fmt::Debug for DeviceTable<B> {
         f.debug_struct("DeviceTable")
             .field("rows", &self.rows)
             .field("dim", &self.dim)
-            .field("config", &self.config)
+            .field("config", &self.book.config)
             .field("reduce", &self.reduce)
-            .field("step", &self.step)
+            .field("step", &self.book.step)
             .field("device", &self.device)
             .finish()
     }
@@ -382,20 +380,14 @@ impl<B: Backend> DeviceTable<B> {
         assert!(dim > 0, "embedding dim must be positive");
         assert!(rows <= i32::MAX as usize, "{rows} rows exceed the i32 index range of device tensors");
         let weights = Tensor::from_data(TensorData::new(data, [rows, dim]), device);
-        let per_row = config.bias_correction == BiasCorrection::PerRow;
-        let decays = config.weight_decay != 0.0;
         DeviceTable {
             rows,
             dim,
             weights: Some(weights),
             m: Some(Tensor::zeros([rows, dim], device)),
             v: Some(Tensor::zeros([rows, dim], device)),
-            config,
             reduce: SegmentReduce::default(),
-            step: 0,
-            row_steps: if per_row { vec![0; rows] } else { Vec::new() },
-            log_decay: 0.0,
-            row_log_decay: if decays { vec![0.0; rows] } else { Vec::new() },
+            book: AdamBook::new(config, rows),
             device: device.clone(),
         }
     }
@@ -414,7 +406,7 @@ impl<B: Backend> DeviceTable<B> {
         self.dim
     }
     pub fn config(&self) -> &AdamConfig {
-        &self.config
+        &self.book.config
     }
     pub fn reduce(&self) -> SegmentReduce {
         self.reduce
@@ -424,7 +416,7 @@ impl<B: Backend> DeviceTable<B> {
     }
     /// Steps taken so far (the global `t`).
     pub fn steps(&self) -> u64 {
-        self.step
+        self.book.step
     }
     /// The `[rows, dim]` weights on the device.
     pub fn weights(&self) -> &Tensor<B, 2> {
@@ -445,23 +437,6 @@ impl<B: Backend> DeviceTable<B> {
         DeviceTableBytes { device: 3 * rows * dim * 4, host: row_steps + marks }
     }
 
-    /// Upper bound on the transient device bytes one training step of a batch
-    /// with `ids` ids in `batch` bags allocates beyond the table (index
-    /// tensors, gathered rows, partial sums, the unique rows' w/m/v old and new).
-    pub fn estimate_step_bytes(ids: usize, batch: usize, dim: usize, reduce: SegmentReduce) -> u64 {
-        let (n, b, d) = (ids as u64, batch as u64, dim as u64);
-        // Gathered rows: n (sequential) or ≤ 2n padded slots (tree), plus the
-        // tree's upper levels (≤ n/2 more) and the weights column.
-        let gathered = match reduce {
-            SegmentReduce::Sequential => n * d * 4,
-            SegmentReduce::Tree { .. } => (2 * n + n / 2 + b) * d * 4 + 2 * n * 4,
-        };
-        let indices = 8 * n * 8; // a few i32/i64 index vectors of length ≤ 2n
-        let pooled = 2 * b * d * 4; // pooled output and d_pooled
-        let update = 8 * n * d * 4; // g, w/m/v gathered and updated (unique ≤ n), temporaries
-        gathered + indices + pooled + update
-    }
-
     /// Bytes held now: device tensors plus host per-row scalars.
     pub fn bytes(&self) -> usize {
         self.device_bytes() + self.host_bytes()
@@ -472,7 +447,7 @@ impl<B: Backend> DeviceTable<B> {
     }
     /// Per-row step counts and decay marks on the host.
     pub fn host_bytes(&self) -> usize {
-        self.row_steps.len() * 4 + self.row_log_decay.len() * 8
+        self.book.row_bytes()
     }
 
     /// Plans `bags` for a forward and a backward on this table's device.
@@ -566,14 +541,9 @@ impl<B: Backend> DeviceTable<B> {
         let plan = Self::backward_plan(batch);
         assert_eq!(d_pooled.dims(), [batch.batch, self.dim], "d_pooled must be [bags, dim]");
 
-        // The host optimizer's `begin_step`: global step and decay product advance every step.
-        self.step += 1;
-        let c = self.config;
-        let lr64 = lr as f64;
-        let decay = 1.0 - lr64 * c.weight_decay;
-        if c.weight_decay != 0.0 {
-            self.log_decay += decay.ln();
-        }
+        // The host optimizer's bookkeeping: global step and decay product advance every step.
+        let (global_step_size, _) = self.book.begin_step(lr);
+        let c = self.book.config;
         let Some(dev) = &plan.device else {
             return;
         };
@@ -581,30 +551,11 @@ impl<B: Backend> DeviceTable<B> {
         let g = self.summed_grad(batch, dev, d_pooled);
 
         // Per-row scalars on the host, in f64 as the host optimizer computes them.
-        let step_sizes = if self.row_steps.is_empty() {
-            PerRow::Same(c.step_size(lr64, self.step))
-        } else {
-            PerRow::Rows(unique
-                .iter()
-                .map(|&r| {
-                    let k = &mut self.row_steps[r as usize];
-                    *k += 1;
-                    c.step_size(lr64, *k as u64)
-                })
-                .collect())
+        let step_sizes = match self.book.row_step_sizes(unique, lr) {
+            Some(sizes) => PerRow::Rows(sizes),
+            None => PerRow::Same(global_step_size),
         };
-        let decays: Option<Vec<f32>> = (!self.row_log_decay.is_empty()).then(|| {
-            let log_decay = self.log_decay;
-            unique
-                .iter()
-                .map(|&r| {
-                    let mark = &mut self.row_log_decay[r as usize];
-                    let factor = (log_decay - *mark).exp();
-                    *mark = log_decay;
-                    factor as f32
-                })
-                .collect()
-        });
+        let decays = self.book.catch_up_rows(unique);
 
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.epsilon as f32);
         let (one_b1, one_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
@@ -638,63 +589,40 @@ impl<B: Backend> DeviceTable<B> {
     /// Applies every row's deferred decay (weight decay only), so the weights
     /// are those a dense optimizer would hold, e.g. before export.
     pub fn apply_pending_decay(&mut self) {
-        if self.row_log_decay.is_empty() {
-            return;
-        }
-        let log_decay = self.log_decay;
-        let factors: Vec<f32> = self
-            .row_log_decay
-            .iter_mut()
-            .map(|mark| {
-                let f = (log_decay - *mark).exp() as f32;
-                *mark = log_decay;
-                f
-            })
-            .collect();
+        let Some(factors) = self.book.catch_up_all() else { return };
         let w = self.weights.take().expect("weights present between steps");
         self.weights = Some(w.mul(column(factors, &self.device)));
     }
 
     /// Downloads the optimizer state, named as the host `LazyAdam`'s.
     pub fn state(&self) -> DeviceTableState {
+        let decay = self.book.decay.arrays();
         DeviceTableState {
-            step: self.step,
+            step: self.book.step,
             m: to_f32_vec(self.m.as_ref().expect("m present").clone()),
             v: to_f32_vec(self.v.as_ref().expect("v present").clone()),
-            row_steps: self.row_steps.clone(),
-            log_decay: self.log_decay,
-            row_log_decay: self.row_log_decay.clone(),
-            decays: !self.row_log_decay.is_empty(),
+            row_steps: self.book.row_steps.to_vec(),
+            log_decay: decay.map_or(0.0, |(log_decay, _)| *log_decay),
+            row_log_decay: decay.map_or_else(Vec::new, |(_, marks)| marks.to_vec()),
+            decays: decay.is_some(),
         }
     }
 
     /// Restores state written by [`DeviceTable::state`] or by the host
     /// `LazyAdam` (wrap its `state()` in [`StateArrays`]); sizes must match.
     pub fn load_state(&mut self, source: &dyn StateSource) -> Result<(), StateError> {
+        // Read everything before changing anything: a bad source leaves the table as it was.
         let n = self.rows * self.dim;
-        let mut step = 0u64;
-        source.read_u64("step", std::slice::from_mut(&mut step))?;
         let mut m = vec![0.0f32; n];
         let mut v = vec![0.0f32; n];
         source.read_f32("m", &mut m)?;
         source.read_f32("v", &mut v)?;
-        let mut row_steps = vec![0u32; self.row_steps.len()];
-        if !row_steps.is_empty() {
-            source.read_u32("row_steps", &mut row_steps)?;
-        }
-        let mut log_decay = 0.0f64;
-        let mut row_log_decay = vec![0.0f64; self.row_log_decay.len()];
-        if !row_log_decay.is_empty() {
-            source.read_f64("log_decay", std::slice::from_mut(&mut log_decay))?;
-            source.read_f64("row_log_decay", &mut row_log_decay)?;
-        }
+        let mut book = AdamBook::new(self.book.config, self.rows);
+        book.load(source)?;
         let shape = [self.rows, self.dim];
         self.m = Some(Tensor::from_data(TensorData::new(m, shape), &self.device));
         self.v = Some(Tensor::from_data(TensorData::new(v, shape), &self.device));
-        self.step = step;
-        self.row_steps = row_steps;
-        self.log_decay = log_decay;
-        self.row_log_decay = row_log_decay;
+        self.book = book;
         Ok(())
     }
 }
