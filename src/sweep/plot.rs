@@ -3,7 +3,7 @@
 //!
 //! Numeric keys get a numeric axis (logarithmic when the values are positive
 //! and span more than a factor of 20, as learning rates do); other values
-//! (strings, lists, booleans) one slot each, in order of first appearance.
+//! (strings, lists, booleans) one slot each, in plan order.
 
 use std::path::Path;
 
@@ -33,7 +33,9 @@ fn value_label(v: &serde_json::Value) -> String {
 
 /// (x, metric, is best) of every finished trial for `key`, and the axis kind.
 fn points(r: &Report, key: &str) -> (Axis, Vec<(f64, f64, bool)>) {
-    let done: Vec<&TrialRow> = r.trials.iter().filter(|t| t.metric.is_some()).collect();
+    // In plan order, so that slots keep the order the values were listed in.
+    let mut done: Vec<&TrialRow> = r.trials.iter().filter(|t| t.metric.is_some()).collect();
+    done.sort_by(|a, b| a.trial.cmp(&b.trial));
     let numeric = !done.is_empty() && done.iter().all(|t| t.params.get(key).is_some_and(|v| v.is_number()));
     let best = |t: &TrialRow| t.rank == Some(1);
     if numeric {

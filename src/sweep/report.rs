@@ -130,9 +130,15 @@ const COLUMNS: [(&str, &str); 6] = [
     ("wall_seconds", "wall s"),
 ];
 
+/// A value for people: strings bare, fractions to 4 significant digits
+/// (random draws have 17); the JSON and CSV keep every digit.
 fn param_label(v: Option<&serde_json::Value>) -> String {
     match v {
         Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) if n.is_f64() => {
+            let x = n.as_f64().unwrap_or(f64::NAN);
+            format!("{}", format!("{x:.3e}").parse::<f64>().unwrap_or(x))
+        }
         Some(v) => v.to_string(),
         None => String::new(),
     }
@@ -207,7 +213,11 @@ pub fn csv(r: &Report) -> String {
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
     for t in &r.trials {
         let mut cells: Vec<String> = vec![t.rank.map_or(String::new(), |k| k.to_string()), t.trial.clone()];
-        cells.extend(r.keys.iter().map(|k| param_label(t.params.get(k))));
+        cells.extend(r.keys.iter().map(|k| match t.params.get(k) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        }));
         cells.push(opt(t.metric));
         cells.extend(metric_keys.iter().map(|k| opt(t.metrics.get(*k).copied())));
         cells.extend([t.status.clone(), t.error.clone().unwrap_or_default(), t.dir.clone()]);

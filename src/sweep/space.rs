@@ -123,10 +123,11 @@ impl Domain {
 
 /// Every combination of the keys' values: the first key varies slowest, the
 /// last fastest (like nested loops in key order).
-pub fn grid(params: &[Param]) -> anyhow::Result<Vec<Vec<toml::Value>>> {
+/// `source` names the file in errors.
+pub fn grid(params: &[Param], source: &str) -> anyhow::Result<Vec<Vec<toml::Value>>> {
     let mut combos: Vec<Vec<toml::Value>> = vec![Vec::new()];
     for p in params {
-        let values = p.domain.grid_values(&format!("sweep.params `{}`", p.key))?;
+        let values = p.domain.grid_values(&format!("{source}: sweep.params `{}`", p.key))?;
         combos = combos.into_iter().flat_map(|c| values.iter().map(move |v| [c.clone(), vec![v.clone()]].concat())).collect();
     }
     Ok(combos)

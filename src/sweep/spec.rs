@@ -196,6 +196,8 @@ fn read_params(source: &str, params: &toml::Table) -> anyhow::Result<Vec<Param>>
     }
     let mut out = Vec::new();
     walk(source, "", params, &mut out)?;
+    // Quoted and nested keys mix in a TOML table's order: sort by the full key.
+    out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
 }
 
@@ -300,7 +302,7 @@ pub fn plan(path: &Path, overrides: &[String], grid: &[String], parallel: Option
             if section.trials.is_some() && grid.is_empty() {
                 bail!("{source}: `sweep.trials` is for method = \"random\"; a grid runs every combination");
             }
-            space::grid(&params)?
+            space::grid(&params, &source)?
         }
         Method::Random => match section.trials {
             Some(n) if n >= 1 => space::random(&params, n, seed),
