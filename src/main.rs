@@ -75,7 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Compare(args) => sparseburn::compare::run(args),
-        Command::Sweep(args) => sparseburn::sweep::run(&args.spec()).map(drop),
+        Command::Sweep(args) => sparseburn::sweep::run(&args.spec()?).map(drop),
         Command::Export(args) => sparseburn::export::run(args),
         Command::Predict(args) => sparseburn::serve::predict(args),
         Command::Serve(args) => sparseburn::serve::serve(args),
@@ -112,10 +112,13 @@ struct SweepArgs {
 }
 
 impl SweepArgs {
-    fn spec(self) -> sparseburn::sweep::SweepSpec {
-        let exe = (!self.in_process).then(|| std::env::current_exe().expect("the path of this binary"));
+    fn spec(self) -> anyhow::Result<sparseburn::sweep::SweepSpec> {
+        let exe = match self.in_process {
+            true => None,
+            false => Some(std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the sparseburn binary to run each trial (use --in-process): {e}"))?),
+        };
         let command = std::iter::once("sparseburn".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
-        sparseburn::sweep::SweepSpec {
+        Ok(sparseburn::sweep::SweepSpec {
             config: self.config,
             overrides: self.overrides,
             grid: self.grid,
@@ -125,7 +128,7 @@ impl SweepArgs {
             dry_run: self.dry_run,
             allow_failures: self.allow_failures,
             command,
-        }
+        })
     }
 }
 

@@ -310,6 +310,19 @@ fn ctrl_c_keeps_finished_trials_in_the_report() {
     }
     assert_eq!(rows[0]["rank"], 1);
     assert_eq!(rows[2]["rank"], Value::Null);
+
+    // --reuse keeps the finished trials (their summaries untouched) and trains the rest.
+    let before = std::fs::read(sweep_dir.join("trial-001/summary.json")).unwrap();
+    let o = sparseburn(&["sweep", path.to_str().unwrap(), "--parallel", "1", "--reuse"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report = read_json(&sweep_dir.join("sweep.json"));
+    let rows = report["trials"].as_array().unwrap();
+    let row = |t: &str| rows.iter().find(|r| r["trial"] == t).unwrap().clone();
+    for (t, reused) in [("trial-001", true), ("trial-002", true), ("trial-003", false), ("trial-004", false)] {
+        assert_eq!(row(t)["status"], "ok", "{t}");
+        assert_eq!(row(t)["reused"], reused, "{t}");
+    }
+    assert_eq!(std::fs::read(sweep_dir.join("trial-001/summary.json")).unwrap(), before);
 }
 
 #[test]

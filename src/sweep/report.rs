@@ -255,5 +255,9 @@ pub fn write(r: &Report, dir: &Path, plots: &[(String, String)]) -> anyhow::Resu
 
 /// The trial's values as `key = value` labels (for logs).
 pub fn describe(plan: &Plan, values: &[toml::Value]) -> String {
-    plan.params.iter().zip(values).map(|(p, v)| format!("{} = {}", p.key, label(v))).collect::<Vec<_>>().join(", ")
+    let short = |v: &toml::Value| match v {
+        toml::Value::Float(x) => param_label(serde_json::Number::from_f64(*x).map(serde_json::Value::Number).as_ref()),
+        other => label(other),
+    };
+    plan.params.iter().zip(values).map(|(p, v)| format!("{} = {}", p.key, short(v))).collect::<Vec<_>>().join(", ")
 }
