@@ -40,6 +40,8 @@ enum Command {
     },
     /// Run A/B arms × seeds and write a side-by-side report.
     Compare(sparseburn::compare::CompareArgs),
+    /// Grid or random search over any config keys; a report sorted by a metric.
+    Sweep(SweepArgs),
     /// Export a trained run as a self-contained model bundle.
     Export(sparseburn::export::ExportArgs),
     /// Fast-predict loop: one JSON result per input line on stdin.
@@ -95,10 +97,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli::cancel_on_ctrl_c(&cancel, "finishing the report with the runs done so far");
             sparseburn::compare::run(args, &cancel)
         }
+        Command::Sweep(args) => {
+            let cancel = CancelToken::new();
+            cli::cancel_on_ctrl_c(&cancel, "finishing the report with the trials done so far");
+            sparseburn::sweep::run(&args.spec()?, &cancel).map(drop)
+        }
         Command::Export(args) => sparseburn::export::run(args),
         Command::Predict(args) => sparseburn::serve::predict(args),
         Command::Serve(args) => sparseburn::serve::serve(args),
         Command::Bench(args) => sparseburn::bench::run(args),
+    }
+}
+
+/// `sparseburn sweep configs/quickstart_sweep.toml`
+#[derive(clap::Args)]
+struct SweepArgs {
+    /// An experiment config with a [sweep] table (or any config, with --grid).
+    config: PathBuf,
+    /// Sweep this key over these values, e.g. --grid optimizer.table.lr=0.01,0.05 (repeatable; replaces [sweep.params]).
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    grid: Vec<String>,
+    /// Override a key for every trial, or of the [sweep] table (e.g. --set sweep.trials=4); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Runs at a time: "auto" (within the cores and the memory plan) or a number.
+    #[arg(long, value_name = "N|auto")]
+    parallel: Option<sparseburn::sweep::Parallel>,
+    /// Keep a finished trial whose saved config equals the planned one (e.g. after Ctrl-C).
+    #[arg(long)]
+    reuse: bool,
+    /// Check the config and print the trials; train nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Exit with success even when some trials failed.
+    #[arg(long)]
+    allow_failures: bool,
+    /// Train every trial inside this process, one at a time.
+    #[arg(long)]
+    in_process: bool,
+}
+
+impl SweepArgs {
+    fn spec(self) -> anyhow::Result<sparseburn::sweep::SweepSpec> {
+        let exe = match self.in_process {
+            true => None,
+            false => Some(std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the sparseburn binary to run each trial (use --in-process): {e}"))?),
+        };
+        let command = std::iter::once("sparseburn".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+        Ok(sparseburn::sweep::SweepSpec {
+            config: self.config,
+            overrides: self.overrides,
+            grid: self.grid,
+            parallel: self.parallel,
+            exe,
+            reuse: self.reuse,
+            dry_run: self.dry_run,
+            allow_failures: self.allow_failures,
+            command,
+        })
     }
 }
 

@@ -21,7 +21,6 @@ pub mod stats;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use anyhow::Context;
 
@@ -88,47 +87,33 @@ pub fn execute(plan: &Plan, options: &Options) -> anyhow::Result<Report> {
     // Seed-major order: all arms of seed 1, then of seed 2, … so that a slow
     // drift of the machine affects every arm alike.
     let jobs: Vec<(usize, usize)> = (0..plan.seeds.len()).flat_map(|s| (0..plan.arms.len()).map(move |a| (a, s))).collect();
-    let results: Mutex<Vec<Option<RunResult>>> = Mutex::new(vec![None; jobs.len()]);
-    let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let workers = options.jobs.clamp(1, jobs.len());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= jobs.len() || options.cancel.is_cancelled() {
-                    return;
-                }
-                let (a, s) = jobs[i];
-                let arm = &plan.arms[a];
-                let seed = plan.seeds[s];
-                let result = runner::run_one(&options.runner, &arm.name, &arm.configs[s], &plan.run_dir(&arm.name, seed), options.reuse, &options.cancel);
-                if result.outcome.as_ref().err() == Some(&RunFailure::Interrupted) {
-                    options.cancel.cancel();
-                }
-                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
-                if options.progress {
-                    let what = match &result.outcome {
-                        Ok(o) => format!(
-                            "final accuracy {:.4}, loss {:.4}, {} steps, {:.1} s{}",
-                            o.final_eval.accuracy,
-                            o.final_eval.loss,
-                            o.steps,
-                            result.wall_seconds,
-                            if result.reused { " (reused)" } else { "" }
-                        ),
-                        Err(e) => format!("FAILED: {e}"),
-                    };
-                    log::info!("[{n}/{}] {} seed {seed}: {what}", jobs.len(), arm.name);
-                }
-                results.lock().unwrap()[i] = Some(result);
-            });
+    let results = crate::jobs::run(jobs.len(), workers, &options.cancel, |i| {
+        let (a, s) = jobs[i];
+        let arm = &plan.arms[a];
+        let seed = plan.seeds[s];
+        let result = runner::run_one(&options.runner, &arm.name, &arm.configs[s], &plan.run_dir(&arm.name, seed), options.reuse, &options.cancel);
+        let interrupted = result.outcome.as_ref().err() == Some(&RunFailure::Interrupted);
+        let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+        if options.progress {
+            let what = match &result.outcome {
+                Ok(o) => format!(
+                    "final accuracy {:.4}, loss {:.4}, {} steps, {:.1} s{}",
+                    o.final_eval.accuracy,
+                    o.final_eval.loss,
+                    o.steps,
+                    result.wall_seconds,
+                    if result.reused { " (reused)" } else { "" }
+                ),
+                Err(e) => format!("FAILED: {e}"),
+            };
+            log::info!("[{n}/{}] {} seed {seed}: {what}", jobs.len(), arm.name);
         }
+        (result, interrupted)
     });
     let interrupted = options.cancel.is_cancelled();
     let results: Vec<RunResult> = results
-        .into_inner()
-        .unwrap()
         .into_iter()
         .zip(&jobs)
         .map(|(r, &(a, s))| {

@@ -556,7 +556,7 @@ pub fn markdown(r: &Report, plots: &[(String, String)]) -> String {
     s
 }
 
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
