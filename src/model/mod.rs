@@ -3,6 +3,7 @@
 pub mod bag;
 pub mod device_table;
 pub mod head;
+pub mod loss;
 pub mod sparse_grad;
 pub mod table;
 

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
@@ -486,7 +485,7 @@ impl<B: AutodiffBackend> Run<B> {
         let total = self.total_steps();
         let bar = progress_bar(self.config.logging.quiet, total);
         bar.set_position(self.state.step);
-        let loss_fn = CrossEntropyLossConfig::new().init::<B>(&self.device);
+        let loss_fn = crate::model::loss::training_loss::<B>(self.config.train.label_smoothing, &self.device);
         let dim = self.table.dim();
         let mut grad = SparseGrad::new(dim);
         let mut pooled = Vec::new();
