@@ -352,6 +352,7 @@ impl Config {
         }
         let v = &self.vocab;
         if v.minn > v.maxn || (v.minn == 0) != (v.maxn == 0) {
+            // Blame the key that was set when the other is 0; minn when both are set.
             let key = if v.minn > v.maxn || v.maxn == 0 { "vocab.minn" } else { "vocab.maxn" };
             bail!(at(source, key, format!("character n-grams need 1 <= vocab.minn <= vocab.maxn (or both 0 = off), got minn = {}, maxn = {}", v.minn, v.maxn)));
         }
