@@ -118,6 +118,14 @@ fn a_bundle_trained_with_the_options_round_trips() {
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(json["tokenizer"]["split"], "whitespace");
     assert!(json["definition"]["rows"]["char_ngrams"].as_str().unwrap().contains("vocab.minn..=vocab.maxn"));
+    // A bundle from before these options existed still reads, as the old behaviour.
+    let mut old = json.clone();
+    old["tokenizer"].as_object_mut().unwrap().remove("split");
+    old["vocab"].as_object_mut().unwrap().remove("minn");
+    old["vocab"].as_object_mut().unwrap().remove("maxn");
+    old["definition"]["rows"].as_object_mut().unwrap().remove("char_ngrams");
+    let old: Manifest = serde_json::from_value(old).unwrap();
+    assert_eq!((old.tokenizer.split, old.vocab.minn, old.vocab.maxn), (Split::Alnum, 0, 0));
 
     // Serving's logits equal evaluation's, from the run directory's own featurizer.
     let predictor = Predictor::load(&out).unwrap();

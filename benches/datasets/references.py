@@ -3,11 +3,11 @@
 linear SVM, for the accuracy table of BENCHMARKS.md ("Model options").
 
 Usage:
-  references.py fasttext DATA_DIR [--minn N --maxn N] [--seeds 1 2 3]   (python with `fasttext`)
+  references.py fasttext DATA_DIR [--lr 1.0] [--minn N --maxn N] [--seeds 1 2 3]   (python with `fasttext`)
   references.py svm DATA_DIR                                             (python with scikit-learn)
 
 fastText: `train_supervised` with the settings of configs/debian_sections.toml
-(lr 1.0 as benches/fasttext_e2e.py, 5 epochs, word bigrams, 2,000,000 buckets,
+(lr 1.0 as benches/fasttext_e2e.py unless --lr, 5 epochs, word bigrams, 2,000,000 buckets,
 dim 64, minCount 2, 2 threads), on lowercased text (fastText splits on
 whitespace itself). Several threads make fastText nondeterministic: each seed
 is one run. SVM: scikit-learn's LinearSVC (C = 1) on TF-IDF of lowercased
@@ -42,12 +42,12 @@ def fasttext_runs(args, train, test):
                 f.write(f"__label__{label} {' '.join(text.split())}\n")
         for seed in args.seeds:
             model = fasttext.train_supervised(
-                path, lr=1.0, epoch=5, wordNgrams=2, bucket=2_000_000, dim=64, minCount=2,
+                path, lr=args.lr, epoch=5, wordNgrams=2, bucket=2_000_000, dim=64, minCount=2,
                 minn=args.minn, maxn=args.maxn, thread=2, seed=seed, verbose=0,
             )
             predicted = model.predict([" ".join(t.split()) for t in test[1]], k=1)[0]
             correct = sum(p[0] == "__label__" + y for p, y in zip(predicted, test[0]))
-            name = "fastText" + (f" minn {args.minn} maxn {args.maxn}" if args.maxn else "")
+            name = f"fastText lr {args.lr:g}" + (f" minn {args.minn} maxn {args.maxn}" if args.maxn else "")
             yield {"reference": name, "data": args.data, "seed": seed, "accuracy": correct / len(test[0])}
 
 
@@ -67,6 +67,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("kind", choices=["fasttext", "svm"])
     p.add_argument("data")
+    p.add_argument("--lr", type=float, default=1.0)
     p.add_argument("--minn", type=int, default=0)
     p.add_argument("--maxn", type=int, default=0)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
