@@ -9,7 +9,8 @@ Usage:
 fastText: `train_supervised` with the settings of configs/debian_sections.toml
 (lr 1.0 as benches/fasttext_e2e.py unless --lr, 5 epochs, word bigrams, 2,000,000 buckets,
 dim 64, minCount 2, 2 threads), on lowercased text (fastText splits on
-whitespace itself). Several threads make fastText nondeterministic: each seed
+whitespace itself), the training lines shuffled with the run's seed (fastText
+reads its file in order, as its tutorial's `shuf` assumes). Several threads make fastText nondeterministic: each seed
 is one run. SVM: scikit-learn's LinearSVC (C = 1) on TF-IDF of lowercased
 word uni- and bigrams (sublinear tf, min_df 2); deterministic, one run.
 Prints one JSON line per run: {"reference", "data", "seed", "accuracy"}.
@@ -18,6 +19,7 @@ Prints one JSON line per run: {"reference", "data", "seed", "accuracy"}.
 import argparse
 import json
 import os
+import random
 import tempfile
 
 
@@ -36,11 +38,15 @@ def fasttext_runs(args, train, test):
     import fasttext
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "train.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            for label, text in zip(*train):
-                f.write(f"__label__{label} {' '.join(text.split())}\n")
         for seed in args.seeds:
+            # fastText reads its file in order (each thread a slice) with a
+            # decaying lr: a file in class order (WordNet's is) must be shuffled first.
+            pairs = list(zip(*train))
+            random.Random(seed).shuffle(pairs)
+            path = os.path.join(tmp, f"train-{seed}.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                for label, text in pairs:
+                    f.write(f"__label__{label} {' '.join(text.split())}\n")
             model = fasttext.train_supervised(
                 path, lr=args.lr, epoch=5, wordNgrams=2, bucket=2_000_000, dim=64, minCount=2,
                 minn=args.minn, maxn=args.maxn, thread=2, seed=seed, verbose=0,
