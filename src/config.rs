@@ -131,11 +131,15 @@ pub struct TrainConfig {
     pub top_k: usize,
     /// Worker threads (0 = all cores).
     pub threads: usize,
+    /// Label smoothing ε in [0, 1): the training loss is the cross-entropy
+    /// against `(1 - ε)·onehot + ε/classes` (0 = plain cross-entropy).
+    /// Evaluation always reports the plain cross-entropy.
+    pub label_smoothing: f64,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 5, batch_size: 64, max_steps: 0, schedule: Schedule::Constant, warmup_steps: 0, eval_every: 0, top_k: 3, threads: 0 }
+        TrainConfig { epochs: 5, batch_size: 64, max_steps: 0, schedule: Schedule::Constant, warmup_steps: 0, eval_every: 0, top_k: 3, threads: 0, label_smoothing: 0.0 }
     }
 }
 
@@ -383,6 +387,21 @@ impl Config {
         if self.vocab.ngrams == 0 {
             bail!(at(source, "vocab.ngrams", "must be at least 1"));
         }
+        let v = &self.vocab;
+        if v.minn > v.maxn || (v.minn == 0) != (v.maxn == 0) {
+            // Blame the key that was set when the other is 0; minn when both are set.
+            let key = if v.minn > v.maxn || v.maxn == 0 { "vocab.minn" } else { "vocab.maxn" };
+            bail!(at(source, key, format!("character n-grams need 1 <= vocab.minn <= vocab.maxn (or both 0 = off), got minn = {}, maxn = {}", v.minn, v.maxn)));
+        }
+        if v.maxn > MAX_CHAR_NGRAM {
+            bail!(at(source, "vocab.maxn", format!("{} is too long (at most {MAX_CHAR_NGRAM} characters)", v.maxn)));
+        }
+        if v.maxn > 0 && v.buckets == 0 {
+            bail!(at(source, "vocab.maxn", "character n-grams are hashed into buckets: set vocab.buckets > 0 (or vocab.minn = vocab.maxn = 0)"));
+        }
+        if !(0.0..1.0).contains(&self.train.label_smoothing) {
+            bail!(at(source, "train.label_smoothing", format!("must be in [0, 1), got {}", self.train.label_smoothing)));
+        }
         if self.vocab.buckets > u32::MAX as u64 / 2 {
             bail!(at(source, "vocab.buckets", format!("{} is too many: row ids are u32", self.vocab.buckets)));
         }
@@ -422,6 +441,9 @@ impl Config {
         toml::to_string_pretty(self).expect("config serialises to TOML")
     }
 }
+
+/// The longest character n-gram `vocab.maxn` accepts.
+pub const MAX_CHAR_NGRAM: usize = 64;
 
 /// The most worker threads `train.threads` accepts.
 pub const MAX_THREADS: usize = 4096;

@@ -29,7 +29,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::data::{TokenizerConfig, Vocab, VocabConfig};
+use crate::data::{Split, TokenizerConfig, Vocab, VocabConfig};
 use crate::io::{sha256_file, write_atomic, write_safetensors, TensorOut};
 use crate::staging::StagingDir;
 use crate::model::{DenseLayer, Pooling};
@@ -134,6 +134,12 @@ pub struct VocabInfo {
     pub buckets: u64,
     /// Longest hashed word n-gram.
     pub ngrams: usize,
+    /// Character n-grams of each token, `minn..=maxn` characters (0 = none;
+    /// absent in bundles from before they existed).
+    #[serde(default)]
+    pub minn: usize,
+    #[serde(default)]
+    pub maxn: usize,
     /// How the vocabulary was cut (provenance; not needed to featurize).
     pub min_count: u64,
     pub max_size: usize,
@@ -142,7 +148,7 @@ pub struct VocabInfo {
 impl VocabInfo {
     /// The vocabulary settings the featurizer needs.
     pub fn config(&self) -> VocabConfig {
-        VocabConfig { min_count: self.min_count, max_size: self.max_size, buckets: self.buckets, ngrams: self.ngrams }
+        VocabConfig { min_count: self.min_count, max_size: self.max_size, buckets: self.buckets, ngrams: self.ngrams, minn: self.minn, maxn: self.maxn }
     }
 }
 
@@ -175,8 +181,11 @@ pub struct Definition {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TokenDefinition {
-    /// `alphanumeric_runs`: tokens are maximal runs of characters that are Unicode
-    /// Alphabetic or Numeric (general category Nd, Nl, No); every other character separates.
+    /// `alphanumeric_runs` (`tokenizer.split = "alnum"`): tokens are maximal runs
+    /// of characters that are Unicode Alphabetic or Numeric (general category Nd,
+    /// Nl, No); every other character separates. `fasttext_whitespace`
+    /// (`"whitespace"`): tokens are maximal runs of characters other than the
+    /// bytes 0x20, 0x09, 0x0A, 0x0D, 0x0B, 0x0C, 0x00.
     pub split: String,
     /// Applied to each token after splitting when `tokenizer.lowercase`: Unicode full lowercase.
     pub lowercase: String,
@@ -201,6 +210,9 @@ pub struct RowDefinition {
     pub word: String,
     pub oov: String,
     pub ngrams: String,
+    /// How `vocab.minn`/`vocab.maxn` make character n-grams (absent in older bundles, which had none).
+    #[serde(default)]
+    pub char_ngrams: String,
     pub order: String,
 }
 
@@ -211,6 +223,19 @@ pub struct HeadDefinition {
     /// Between consecutive layers (none after the last).
     pub activation: String,
     pub output: String,
+}
+
+impl Definition {
+    /// The definition of a bundle whose tokenizer is `tokenizer`.
+    pub fn new(tokenizer: &TokenizerConfig) -> Self {
+        let mut d = Definition::default();
+        d.tokens.split = match tokenizer.split {
+            Split::Alnum => "alphanumeric_runs",
+            Split::Whitespace => "fasttext_whitespace",
+        }
+        .into();
+        d
+    }
 }
 
 impl Default for Definition {
@@ -232,7 +257,8 @@ impl Default for Definition {
                 word: "a token on line i (0-based) of vocab.txt is row i".into(),
                 oov: "any other token is row vocab.size + fnv(token) % vocab.buckets (dropped when buckets = 0)".into(),
                 ngrams: "for n = 2..=vocab.ngrams, each window of n consecutive tokens is row vocab.size + h % vocab.buckets (none when buckets = 0)".into(),
-                order: "tokens in text order, then all 2-grams, then all 3-grams, ...; pooled by f32 addition in this order".into(),
+                char_ngrams: "when vocab.maxn > 0 and buckets > 0: each token t, wrapped as '<' + t + '>', gives every run of vocab.minn..=vocab.maxn Unicode characters except a lone '<' or '>' (by start, then length; fastText's subwords), each row vocab.size + fnv(ngram) % vocab.buckets".into(),
+                order: "tokens in text order, then all 2-grams, then all 3-grams, ..., then the character n-grams of each token in text order; pooled by f32 addition in this order".into(),
             },
             pooling: "the rows summed in f32 in row order, times an f32 scale: mean 1/count, sum 1, sqrtn 1/sqrt(count); no rows: zeros".into(),
             head: HeadDefinition {
@@ -474,6 +500,8 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
             size: vocab.len(),
             buckets: config.vocab.buckets,
             ngrams: config.vocab.ngrams,
+            minn: config.vocab.minn,
+            maxn: config.vocab.maxn,
             min_count: config.vocab.min_count,
             max_size: config.vocab.max_size,
         },
@@ -483,7 +511,7 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
             pooling: config.model.pooling,
             head: head.layers.iter().map(|l| LayerShape { input: l.input, output: l.output }).collect(),
         },
-        definition: Definition::default(),
+        definition: Definition::new(&config.tokenizer),
         files,
     };
     write_atomic(&dir.join(MANIFEST_FILE), |w| serde_json::to_writer_pretty(&mut *w, &manifest).map_err(std::io::Error::other))?;
@@ -537,9 +565,9 @@ mod tests {
         let d = Definition::default();
         let fnv = |s: &str| s.bytes().fold(d.hash.offset_basis, |h, b| (h ^ b as u64).wrapping_mul(d.hash.prime));
         let words = ["the", "war", "ünïon"];
-        let vocab_config = VocabConfig { min_count: 1, max_size: 0, buckets: 997, ngrams: 3 };
+        let vocab_config = VocabConfig { min_count: 1, max_size: 0, buckets: 997, ngrams: 3, ..VocabConfig::default() };
         let vocab = Vocab::from_counts(words.iter().enumerate().map(|(i, w)| (w.to_string(), 10 - i as u64)).collect(), &vocab_config);
-        let tokenizer = TokenizerConfig { lowercase: true, max_tokens: 6 };
+        let tokenizer = TokenizerConfig { lowercase: true, max_tokens: 6, ..TokenizerConfig::default() };
         let featurizer = Featurizer::new(Tokenizer::new(tokenizer), vocab.clone(), &vocab_config);
         let text = "The WAR, the Ünïon—and 1812's peace! (ignored past six tokens)";
         let tokens: Vec<String> = text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).take(6).map(str::to_lowercase).collect();

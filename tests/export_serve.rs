@@ -121,9 +121,9 @@ fn export_writes_a_self_contained_verified_bundle() {
     assert_eq!(manifest["sparseburn_version"], env!("CARGO_PKG_VERSION"));
     let labels = run_dir::read_labels(&f.run_dir).unwrap();
     assert_eq!(manifest["labels"], json!(labels.names()));
-    assert_eq!(manifest["tokenizer"], json!({ "lowercase": true, "max_tokens": 1000 }));
+    assert_eq!(manifest["tokenizer"], json!({ "split": "alnum", "lowercase": true, "max_tokens": 1000 }));
     let vocab = Vocab::read(&f.run_dir.join("vocab.txt")).unwrap();
-    assert_eq!(manifest["vocab"], json!({ "size": vocab.len(), "buckets": 20000, "ngrams": 2, "min_count": 1, "max_size": 0 }));
+    assert_eq!(manifest["vocab"], json!({ "size": vocab.len(), "buckets": 20000, "ngrams": 2, "minn": 0, "maxn": 0, "min_count": 1, "max_size": 0 }));
     let rows = vocab.len() + 20000;
     assert_eq!(manifest["model"], json!({ "rows": rows, "dim": 64, "pooling": "mean", "head": [{ "input": 64, "output": labels.len() }] }));
     assert_eq!(manifest["source"]["checkpoint"], f.checkpoints[1].file_name().unwrap().to_str().unwrap());

@@ -8,14 +8,20 @@ writes one JSON line per input, {"labels": [...], "scores": [...]}, highest
 probability first, like `sparseburn predict --model MODEL_DIR`. Everything it
 does is spelled out in the bundle's manifest.json (its "definition" section):
 
-  tokens   maximal runs of Unicode alphanumeric characters (letters: category L*,
-           numbers: Nd, Nl, No), the rest separates; each token lowercased
+  tokens   tokenizer.split = "alnum": maximal runs of Unicode alphanumeric
+           characters (letters: category L*, numbers: Nd, Nl, No), the rest
+           separates; "whitespace" (fastText's rule): maximal runs of characters
+           other than ' ', \t, \n, \r, \v, \f, \0. Each token lowercased
            (tokenizer.lowercase); the first tokenizer.max_tokens kept (0 = all)
   rows     a token on line i of vocab.txt is row i; any other token is row
            V + fnv1a64(token) % buckets; for n = 2..ngrams every window of n
            tokens is row V + h % buckets with h = n, h = h * 116049371 + fnv(t)
-           (wrapping u64); V = vocab.size. No rows for OOV/n-grams if buckets = 0.
-  pooling  the rows summed in f32 in that order (words, then 2-grams, ...), times
+           (wrapping u64); then, when vocab.maxn > 0, each token's character
+           n-grams (fastText's subwords: every run of vocab.minn..vocab.maxn
+           characters of "<" + token + ">" except a lone "<" or ">") are rows
+           V + fnv(ngram) % buckets; V = vocab.size. No rows for OOV/n-grams if
+           buckets = 0.
+  pooling  the rows summed in f32 in that order (words, 2-grams, ..., char n-grams), times
            1/count (mean), 1 (sum) or 1/sqrt(count) (sqrtn); no rows: zeros
   head     y = x @ W + b per layer, W stored [in, out]; ReLU between layers
   output   softmax over the logits; logit i is labels[i]
@@ -37,6 +43,7 @@ from safetensors.numpy import load_file
 
 SUPPORTED_FORMAT = 1
 MASK = (1 << 64) - 1
+FASTTEXT_SEPARATORS = " \t\n\r\x0b\x0c\x00"
 
 
 def is_alnum(ch):
@@ -57,7 +64,11 @@ class Bundle:
                 if digest != info["sha256"]:
                     raise SystemExit(f"{path}/{name}: checksum mismatch (corrupt or modified)")
         d = m.get("definition", {})
-        self.check(d, ["tokens", "split"], "alphanumeric_runs")
+        self.split = m["tokenizer"].get("split", "alnum")
+        splits = {"alnum": "alphanumeric_runs", "whitespace": "fasttext_whitespace"}
+        if self.split not in splits:
+            raise SystemExit(f"manifest tokenizer.split = {self.split!r}: this reader knows only {sorted(splits)}")
+        self.check(d, ["tokens", "split"], splits[self.split])
         self.check(d, ["hash", "function"], "fnv1a_64_utf8")
         self.check(d, ["head", "weight_layout"], "[in, out]")
         self.check(d, ["head", "activation"], "relu")
@@ -71,6 +82,8 @@ class Bundle:
         self.max_tokens = m["tokenizer"]["max_tokens"]
         self.buckets = m["vocab"]["buckets"]
         self.ngrams = max(1, m["vocab"]["ngrams"])
+        self.minn = m["vocab"].get("minn", 0)
+        self.maxn = m["vocab"].get("maxn", 0)
         self.pooling = m["model"]["pooling"]
         with open(os.path.join(path, "vocab.txt"), encoding="utf-8") as f:
             words = [line.rstrip("\n").rsplit("\t", 1)[0] for line in f]
@@ -99,8 +112,9 @@ class Bundle:
 
     def tokens(self, text):
         out, cur = [], []
+        keep = is_alnum if self.split == "alnum" else (lambda ch: ch not in FASTTEXT_SEPARATORS)
         for ch in text:
-            if is_alnum(ch):
+            if keep(ch):
                 cur.append(ch)
             elif cur:
                 out.append("".join(cur))
@@ -128,7 +142,21 @@ class Bundle:
                     for t in hashes[start : start + n]:
                         h = (h * self.mult + t) & MASK
                     ids.append(v + h % self.buckets)
+            if self.maxn > 0:
+                for t in tokens:
+                    ids.extend(v + self.fnv(g) % self.buckets for g in self.char_ngrams(t))
         return ids
+
+    def char_ngrams(self, token):
+        """fastText's subwords of a token: runs of minn..maxn characters of <token>."""
+        w = "<" + token + ">"
+        out = []
+        for start in range(len(w)):
+            for n in range(max(1, self.minn), min(self.maxn, len(w) - start) + 1):
+                if n == 1 and (start == 0 or start + 1 == len(w)):
+                    continue
+                out.append(w[start : start + n])
+        return out
 
     def pool(self, ids):
         acc = np.zeros(self.table.shape[1], dtype=np.float32)

@@ -12,5 +12,5 @@ pub mod vocab;
 pub use batch::{Batch, BatchIter};
 pub use dataset::{Dataset, Labels};
 pub use reader::{DataFormat, Example, ReadStats};
-pub use tokenizer::{Tokenizer, TokenizerConfig};
-pub use vocab::{Featurizer, Vocab, VocabConfig};
+pub use tokenizer::{Split, Tokenizer, TokenizerConfig};
+pub use vocab::{char_ngrams, Featurizer, Vocab, VocabConfig};

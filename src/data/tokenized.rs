@@ -267,17 +267,37 @@ pub fn tokenize_examples(examples: &[(String, String)], name: &str, tokenizer: &
     Ok(out)
 }
 
-/// Each interned token's vocabulary id and hash: what [`Featurizer::push_ids`] needs.
+/// Each interned token's vocabulary id, hash and character n-gram hashes:
+/// what [`Featurizer::push_ids`] needs, computed once per distinct token.
 pub struct TokenRows {
     words: Vec<Option<u32>>,
     hashes: Vec<u64>,
+    /// `grams[gram_offsets[t]..gram_offsets[t + 1]]` are token `t`'s character n-gram hashes.
+    grams: Vec<u64>,
+    gram_offsets: Vec<usize>,
 }
 
 impl TokenRows {
     pub fn new(featurizer: &Featurizer, interner: &Interner) -> Self {
         let words = interner.words.par_iter().map(|w| featurizer.vocab().get(w)).collect();
         let hashes = if featurizer.has_buckets() { interner.words.par_iter().map(|w| fnv1a64(w.as_bytes())).collect() } else { Vec::new() };
-        TokenRows { words, hashes }
+        let (mut grams, mut gram_offsets) = (Vec::new(), vec![0]);
+        if featurizer.has_char_ngrams() {
+            let per_token: Vec<Vec<u64>> = interner
+                .words
+                .par_iter()
+                .map_init(String::new, |scratch, w| {
+                    let mut out = Vec::new();
+                    featurizer.char_ngram_hashes(w, scratch, &mut out);
+                    out
+                })
+                .collect();
+            for g in per_token {
+                grams.extend_from_slice(&g);
+                gram_offsets.push(grams.len());
+            }
+        }
+        TokenRows { words, hashes, grams, gram_offsets }
     }
 
     /// Row ids (CSR) of every example of `file`, encoded in parallel, in file order.
@@ -286,7 +306,7 @@ impl TokenRows {
             .collect::<Vec<_>>()
             .par_chunks(LINES_PER_TASK)
             .map(|examples| {
-                let (mut ids, mut lengths, mut hashes) = (Vec::new(), Vec::with_capacity(examples.len()), Vec::new());
+                let (mut ids, mut lengths, mut hashes, mut grams) = (Vec::new(), Vec::with_capacity(examples.len()), Vec::new(), Vec::new());
                 for &i in examples {
                     let tokens = file.example(i);
                     let before = ids.len();
@@ -294,7 +314,13 @@ impl TokenRows {
                     if !self.hashes.is_empty() {
                         hashes.extend(tokens.iter().map(|&t| self.hashes[t as usize]));
                     }
-                    featurizer.push_ids(tokens.iter().map(|&t| self.words[t as usize]), &hashes, &mut ids);
+                    grams.clear();
+                    if self.gram_offsets.len() > 1 {
+                        for &t in tokens {
+                            grams.extend_from_slice(&self.grams[self.gram_offsets[t as usize]..self.gram_offsets[t as usize + 1]]);
+                        }
+                    }
+                    featurizer.push_ids(tokens.iter().map(|&t| self.words[t as usize]), &hashes, &grams, &mut ids);
                     lengths.push(ids.len() - before);
                 }
                 (ids, lengths)

@@ -2,6 +2,7 @@
 
 pub mod bag;
 pub mod head;
+pub mod loss;
 pub mod sparse_grad;
 pub mod table;
 

@@ -216,7 +216,7 @@ pub fn label(v: &toml::Value) -> String {
 
 fn resolve(table: &toml::Table, what: &str) -> anyhow::Result<Config> {
     let text = toml::to_string(table).context("serialising a trial's config")?;
-    Config::from_toml(&text, what, None, &[])
+    Config::from_toml(&text, what, &[])
 }
 
 /// Reads and checks a sweep: every trial's config is resolved and validated

@@ -216,6 +216,9 @@ mod tests {
         assert_matches_reference(&config(&text, &o));
         let o = ["vocab.ngrams=3", "tokenizer.lowercase=false", "tokenizer.max_tokens=20", "data.split_seed=7"].map(String::from);
         assert_matches_reference(&config(&text, &o));
+        // fastText's whitespace split and character n-grams: training's encoding equals the featurizer's.
+        let o = ["tokenizer.split=whitespace", "vocab.minn=2", "vocab.maxn=4", "vocab.min_count=2"].map(String::from);
+        assert_matches_reference(&config(&text, &o));
     }
 
     /// Also any config named by SPARSEBURN_PREPARE_CHECK (e.g. configs/debian_sections.toml).

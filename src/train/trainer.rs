@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
@@ -538,6 +537,12 @@ impl<B: AutodiffBackend> Run<B> {
             ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
             ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
             ("batch_size".into(), HParamValue::Num(c.train.batch_size as f64)),
+            ("epochs".into(), HParamValue::Num(c.train.epochs as f64)),
+            ("hidden".into(), HParamValue::Str(format!("{:?}", c.model.hidden))),
+            ("split".into(), HParamValue::Str(c.tokenizer.split.name().into())),
+            ("minn".into(), HParamValue::Num(c.vocab.minn as f64)),
+            ("maxn".into(), HParamValue::Num(c.vocab.maxn as f64)),
+            ("label_smoothing".into(), HParamValue::Num(c.train.label_smoothing)),
             ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
         ])
         .collect();
@@ -558,7 +563,7 @@ impl<B: AutodiffBackend> Run<B> {
     /// Returns whether the run was cancelled (or stopped at `stop_after_step`).
     fn train_loop(&mut self, stop_after_step: Option<u64>) -> anyhow::Result<bool> {
         let total = self.total_steps();
-        let loss_fn = CrossEntropyLossConfig::new().init::<B>(&self.device);
+        let loss_fn = crate::model::loss::training_loss::<B>(self.config.train.label_smoothing, &self.device);
         let dim = self.table.dim();
         let mut grad = SparseGrad::new(dim);
         let mut pooled = Vec::new();
