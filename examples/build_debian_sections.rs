@@ -20,7 +20,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 // The split hash is the library's FNV-1a 64 (same function as the n-gram buckets).
 use sparseburn::data::vocab::fnv1a64;
@@ -56,10 +56,7 @@ struct Stanza {
 impl Stanza {
     /// Field names are case-insensitive in deb822.
     fn get(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -88,8 +85,7 @@ fn parse_deb822(text: &str) -> Result<Vec<Stanza>> {
                 bail!("line {}: expected `Field: value`, got {:?}", i + 1, line);
             };
             ensure!(!name.is_empty(), "line {}: empty field name", i + 1);
-            cur.fields
-                .push((name.to_string(), value.trim().to_string()));
+            cur.fields.push((name.to_string(), value.trim().to_string()));
         }
     }
     if !cur.fields.is_empty() {
@@ -103,11 +99,7 @@ fn parse_deb822(text: &str) -> Result<Vec<Stanza>> {
 /// `Description-en` value → one line: short description, then the long one;
 /// ` .` paragraph separators dropped, all whitespace runs (tabs included) → one space.
 fn description_text(desc: &str) -> String {
-    desc.lines()
-        .filter(|l| l.trim() != ".")
-        .flat_map(str::split_whitespace)
-        .collect::<Vec<_>>()
-        .join(" ")
+    desc.lines().filter(|l| l.trim() != ".").flat_map(str::split_whitespace).collect::<Vec<_>>().join(" ")
 }
 
 /// `Source: foo (1.2-3)` → `foo`.
@@ -119,7 +111,6 @@ fn source_name(source: &str) -> &str {
 fn section_label(section: &str) -> &str {
     section.trim().rsplit('/').next().unwrap_or("")
 }
-
 
 fn is_test_source(source: &str, test_percent: u64) -> bool {
     fnv1a64(source.as_bytes()) % 100 < test_percent
@@ -143,19 +134,14 @@ struct BuildStats {
 }
 
 /// Join the parsed Packages stanzas (in order) to Translation-en and dedupe.
-fn build_examples(
-    packages: &[Stanza],
-    translations: &HashMap<(String, String), String>,
-) -> (Vec<Example>, BuildStats) {
+fn build_examples(packages: &[Stanza], translations: &HashMap<(String, String), String>) -> (Vec<Example>, BuildStats) {
     let mut st = BuildStats::default();
     let mut seen_key: HashSet<(&str, &str)> = HashSet::new();
     let mut seen_text: HashSet<String> = HashSet::new();
     let mut out = Vec::new();
     for p in packages {
         st.packages += 1;
-        let (Some(pkg), Some(section), Some(md5)) =
-            (p.get("Package"), p.get("Section"), p.get("Description-md5"))
-        else {
+        let (Some(pkg), Some(section), Some(md5)) = (p.get("Package"), p.get("Section"), p.get("Description-md5")) else {
             st.missing_fields += 1;
             continue;
         };
@@ -179,19 +165,13 @@ fn build_examples(
             continue;
         }
         let source = p.get("Source").map(source_name).unwrap_or(pkg);
-        out.push(Example {
-            label: label.to_string(),
-            text,
-            source: source.to_string(),
-        });
+        out.push(Example { label: label.to_string(), text, source: source.to_string() });
     }
     (out, st)
 }
 
 fn split(examples: Vec<Example>, test_percent: u64) -> (Vec<Example>, Vec<Example>) {
-    examples
-        .into_iter()
-        .partition(|e| !is_test_source(&e.source, test_percent))
+    examples.into_iter().partition(|e| !is_test_source(&e.source, test_percent))
 }
 
 // ---------------------------------------------------------------- files
@@ -203,9 +183,7 @@ fn read_list_file(path: &Path) -> Result<String> {
     let raw = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let bytes = if raw.starts_with(&LZ4_FRAME_MAGIC) {
         let mut dec = Vec::with_capacity(raw.len() * 3);
-        lz4_flex::frame::FrameDecoder::new(raw.as_slice())
-            .read_to_end(&mut dec)
-            .with_context(|| format!("lz4-decompressing {}", path.display()))?;
+        lz4_flex::frame::FrameDecoder::new(raw.as_slice()).read_to_end(&mut dec).with_context(|| format!("lz4-decompressing {}", path.display()))?;
         dec
     } else {
         raw
@@ -238,16 +216,8 @@ fn find_list_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     }
     pk.sort();
     tr.sort();
-    ensure!(
-        !pk.is_empty(),
-        "no *_Packages[.lz4] files in {}",
-        dir.display()
-    );
-    ensure!(
-        !tr.is_empty(),
-        "no *_Translation-en[.lz4] files in {} (fetch with -o Acquire::Languages=en, see --fetch)",
-        dir.display()
-    );
+    ensure!(!pk.is_empty(), "no *_Packages[.lz4] files in {}", dir.display());
+    ensure!(!tr.is_empty(), "no *_Translation-en[.lz4] files in {} (fetch with -o Acquire::Languages=en, see --fetch)", dir.display());
     Ok((pk, tr))
 }
 
@@ -277,16 +247,11 @@ fn write_tsv(path: &Path, examples: &[Example]) -> Result<()> {
         let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut w = BufWriter::new(f);
         for e in examples {
-            writeln!(w, "{}\t{}", e.label, e.text)
-                .with_context(|| format!("writing {}", tmp.display()))?;
+            writeln!(w, "{}\t{}", e.label, e.text).with_context(|| format!("writing {}", tmp.display()))?;
         }
-        w.into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        w.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
     }
-    fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 fn main() -> Result<()> {
@@ -306,19 +271,10 @@ fn main() -> Result<()> {
         let stanzas = parse_file(path)?;
         eprintln!("{}: {} translations", path.display(), stanzas.len());
         for s in stanzas {
-            let (Some(pkg), Some(md5), Some(desc)) = (
-                s.get("Package"),
-                s.get("Description-md5"),
-                s.get("Description-en"),
-            ) else {
-                bail!(
-                    "{}: stanza without Package/Description-md5/Description-en",
-                    path.display()
-                );
+            let (Some(pkg), Some(md5), Some(desc)) = (s.get("Package"), s.get("Description-md5"), s.get("Description-en")) else {
+                bail!("{}: stanza without Package/Description-md5/Description-en", path.display());
             };
-            translations
-                .entry((pkg.to_string(), md5.to_string()))
-                .or_insert_with(|| desc.to_string());
+            translations.entry((pkg.to_string(), md5.to_string())).or_insert_with(|| desc.to_string());
         }
     }
     let mut packages = Vec::new();
@@ -330,22 +286,11 @@ fn main() -> Result<()> {
 
     let (examples, st) = build_examples(&packages, &translations);
     drop(packages);
-    ensure!(
-        !examples.is_empty(),
-        "no examples: did the join find nothing?"
-    );
+    ensure!(!examples.is_empty(), "no examples: did the join find nothing?");
     for e in &examples {
         // Invariants of the TSV format.
-        ensure!(
-            !e.label.contains(char::is_whitespace),
-            "label {:?} has whitespace",
-            e.label
-        );
-        ensure!(
-            !e.text.contains(['\t', '\n', '\r']),
-            "text has tab/newline: {:?}",
-            e.text
-        );
+        ensure!(!e.label.contains(char::is_whitespace), "label {:?} has whitespace", e.label);
+        ensure!(!e.text.contains(['\t', '\n', '\r']), "text has tab/newline: {:?}", e.text);
     }
 
     let n_examples = examples.len();
@@ -376,24 +321,15 @@ fn main() -> Result<()> {
 
     println!("label\ttrain\ttest");
     let mut rows: Vec<_> = per_label.iter().collect();
-    rows.sort_by(|a, b| (b.1.0 + b.1.1).cmp(&(a.1.0 + a.1.1)).then(a.0.cmp(b.0)));
+    rows.sort_by(|a, b| (b.1 .0 + b.1 .1).cmp(&(a.1 .0 + a.1 .1)).then(a.0.cmp(b.0)));
     for (label, (tr, te)) in &rows {
         println!("{label}\t{tr}\t{te}");
     }
-    let only_test: Vec<&str> = per_label
-        .iter()
-        .filter(|(_, c)| c.0 == 0)
-        .map(|(l, _)| l.as_str())
-        .collect();
+    let only_test: Vec<&str> = per_label.iter().filter(|(_, c)| c.0 == 0).map(|(l, _)| l.as_str()).collect();
     println!(
         "packages stanzas {} (missing fields {}, same package+md5 again {}, no translation {}, \
          empty {}, duplicate text {})",
-        st.packages,
-        st.missing_fields,
-        st.same_package_md5,
-        st.no_translation,
-        st.empty_text,
-        st.duplicate_text
+        st.packages, st.missing_fields, st.same_package_md5, st.no_translation, st.empty_text, st.duplicate_text
     );
     println!(
         "examples {n_examples}, labels {}, train {} ({} sources), test {} ({} sources), \
@@ -408,16 +344,9 @@ fn main() -> Result<()> {
         vocab.len()
     );
     if !only_test.is_empty() {
-        println!(
-            "warning: labels with no training example: {}",
-            only_test.join(", ")
-        );
+        println!("warning: labels with no training example: {}", only_test.join(", "));
     }
-    println!(
-        "wrote {} and {}",
-        args.out.join("train.tsv").display(),
-        args.out.join("test.tsv").display()
-    );
+    println!("wrote {} and {}", args.out.join("train.tsv").display(), args.out.join("test.tsv").display());
     Ok(())
 }
 
@@ -495,10 +424,7 @@ Description-en: foo library
             .unwrap()
             .into_iter()
             .map(|s| {
-                let k = (
-                    s.get("Package").unwrap().into(),
-                    s.get("description-MD5").unwrap().into(),
-                );
+                let k = (s.get("Package").unwrap().into(), s.get("description-MD5").unwrap().into());
                 (k, s.get("Description-en").unwrap().to_string())
             })
             .collect()
@@ -514,10 +440,7 @@ Description-en: foo library
         assert_eq!(st[2].get("Source"), None);
         assert_eq!(st[6].get("Description-md5"), None);
         let tr = parse_deb822(TRANSLATIONS).unwrap();
-        assert_eq!(
-            tr[0].get("Description-en"),
-            Some("foo library\nFoo does\tthings.\n.\nThis package holds   the shared library.")
-        );
+        assert_eq!(tr[0].get("Description-en"), Some("foo library\nFoo does\tthings.\n.\nThis package holds   the shared library."));
     }
 
     #[test]
@@ -533,18 +456,12 @@ Description-en: foo library
         assert!(e.to_string().contains("line 2"), "{e}");
         assert!(parse_deb822(" leading continuation\n").is_err());
         // A colon inside the value is kept.
-        assert_eq!(
-            parse_deb822("Homepage: https://x.org\n").unwrap()[0].get("Homepage"),
-            Some("https://x.org")
-        );
+        assert_eq!(parse_deb822("Homepage: https://x.org\n").unwrap()[0].get("Homepage"), Some("https://x.org"));
     }
 
     #[test]
     fn description_and_names() {
-        assert_eq!(
-            description_text("short\n line one\n.\n  verbatim\tline \n."),
-            "short line one verbatim line"
-        );
+        assert_eq!(description_text("short\n line one\n.\n  verbatim\tline \n."), "short line one verbatim line");
         assert_eq!(description_text("only short"), "only short");
         assert_eq!(source_name("foo (1.2-3)"), "foo");
         assert_eq!(source_name("foo"), "foo");
@@ -562,23 +479,12 @@ Description-en: foo library
         assert_eq!(st.no_translation, 1); // qux
         assert_eq!(st.missing_fields, 1); // nomd5
         assert_eq!(st.duplicate_text, 1); // baz-doc repeats libfoo1's text
-        let got: Vec<(&str, &str, &str)> = ex
-            .iter()
-            .map(|e| (e.label.as_str(), e.source.as_str(), e.text.as_str()))
-            .collect();
+        let got: Vec<(&str, &str, &str)> = ex.iter().map(|e| (e.label.as_str(), e.source.as_str(), e.text.as_str())).collect();
         assert_eq!(
             got,
             vec![
-                (
-                    "libs",
-                    "foo",
-                    "foo library Foo does things. This package holds the shared library."
-                ),
-                (
-                    "libdevel",
-                    "foo",
-                    "foo library - development files Headers."
-                ),
+                ("libs", "foo", "foo library Foo does things. This package holds the shared library."),
+                ("libdevel", "foo", "foo library - development files Headers."),
                 ("games", "bar-game", "a game"),
             ]
         );
@@ -586,11 +492,7 @@ Description-en: foo library
         for pct in [0, 20, 50, 100] {
             let (tr, te) = split(ex.clone(), pct);
             assert_eq!(tr.len() + te.len(), 3);
-            let foo_sides: HashSet<bool> = ex
-                .iter()
-                .filter(|e| e.source == "foo")
-                .map(|e| is_test_source(&e.source, pct))
-                .collect();
+            let foo_sides: HashSet<bool> = ex.iter().filter(|e| e.source == "foo").map(|e| is_test_source(&e.source, pct)).collect();
             assert_eq!(foo_sides.len(), 1);
             assert!(tr.iter().all(|e| !te.iter().any(|t| t.source == e.source)));
         }
@@ -618,21 +520,14 @@ Description-en: foo library
         // Errors name the file.
         fs::write(&plain, "oops\n").unwrap();
         let e = format!("{:#}", parse_file(&plain).unwrap_err());
-        assert!(
-            e.contains("x_main_i18n_Translation-en") && e.contains("line 1"),
-            "{e}"
-        );
+        assert!(e.contains("x_main_i18n_Translation-en") && e.contains("line 1"), "{e}");
     }
 
     #[test]
     fn writes_tsv_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("train.tsv");
-        let ex = vec![Example {
-            label: "games".into(),
-            text: "a game".into(),
-            source: "g".into(),
-        }];
+        let ex = vec![Example { label: "games".into(), text: "a game".into(), source: "g".into() }];
         write_tsv(&p, &ex).unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "games\ta game\n");
         assert!(!dir.path().join("train.tsv.tmp").exists());

@@ -26,8 +26,7 @@ impl Observer for StepSignal {
 fn main() -> anyhow::Result<()> {
     // Examples from anywhere: here the bundled TSV, read into memory.
     let text = std::fs::read_to_string("examples/data/sotu_era_600.tsv")?;
-    let examples: Vec<(String, String)> =
-        text.lines().filter_map(|l| l.split_once('\t')).map(|(label, text)| (label.to_string(), text.to_string())).collect();
+    let examples: Vec<(String, String)> = text.lines().filter_map(|l| l.split_once('\t')).map(|(label, text)| (label.to_string(), text.to_string())).collect();
     // Every 5th example is held out for testing.
     let (test, train): (Vec<_>, Vec<_>) = examples.iter().cloned().enumerate().partition(|(i, _)| i % 5 == 0);
     let strip = |v: Vec<(usize, (String, String))>| v.into_iter().map(|(_, e)| e).collect::<Vec<_>>();

@@ -163,15 +163,7 @@ pub struct LoggingConfig {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        LoggingConfig {
-            dir: PathBuf::from("runs"),
-            quiet: false,
-            tensorboard: true,
-            histogram_every: 100,
-            scalar_every: 1,
-            projector_words: 500,
-            log_device_placement: false,
-        }
+        LoggingConfig { dir: PathBuf::from("runs"), quiet: false, tensorboard: true, histogram_every: 100, scalar_every: 1, projector_words: 500, log_device_placement: false }
     }
 }
 
@@ -470,14 +462,9 @@ fn override_for<'a>(overrides: &'a [String], key: &str) -> Option<&'a str> {
 /// `0.01`, `true`, `[1, 2]`, `"x"` keep their types); anything that does not
 /// parse is taken as a string. Types are then checked like the file's.
 pub fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<()> {
-    let (key, raw) = assignment
-        .split_once('=')
-        .with_context(|| format!("--set {assignment:?}: expected KEY=VALUE, e.g. optimizer.table.lr=0.01"))?;
+    let (key, raw) = assignment.split_once('=').with_context(|| format!("--set {assignment:?}: expected KEY=VALUE, e.g. optimizer.table.lr=0.01"))?;
     let (key, raw) = (key.trim(), raw.trim());
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(raw.to_string()));
     set_path(table, key, value, &format!("--set {assignment:?}"))
 }
 

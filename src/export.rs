@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::data::{Split, TokenizerConfig, Vocab, VocabConfig};
 use crate::io::{sha256_file, write_atomic, write_safetensors, TensorOut};
-use crate::staging::StagingDir;
 use crate::model::{DenseLayer, Pooling};
+use crate::staging::StagingDir;
 use crate::train::{checkpoint, run_dir};
 
 /// The bundle format this sparseburn writes and the newest it reads.
@@ -78,14 +78,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         }
     };
     let manifest = Manifest::read(&dir)?;
-    println!(
-        "exported {} ({} rows × {}, {} labels) to {}",
-        manifest.source.checkpoint,
-        manifest.model.rows,
-        manifest.model.dim,
-        manifest.labels.len(),
-        dir.display()
-    );
+    println!("exported {} ({} rows × {}, {} labels) to {}", manifest.source.checkpoint, manifest.model.rows, manifest.model.dim, manifest.labels.len(), dir.display());
     if version_of(&dir).is_none() {
         log::warn!("`sparseburn serve --model-base DIR` serves numbered folders (DIR/1, DIR/2, …); this bundle's folder is not a number");
     }
@@ -468,10 +461,7 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
         tensors.push(TensorOut::f32(DenseLayer::weight_name(i), l.weight_shape(), &l.weight));
         tensors.push(TensorOut::f32(DenseLayer::bias_name(i), l.bias_shape(), &l.bias));
     }
-    let meta = HashMap::from([
-        ("format".to_string(), "sparseburn-bundle".to_string()),
-        ("format_version".to_string(), FORMAT_VERSION.to_string()),
-    ]);
+    let meta = HashMap::from([("format".to_string(), "sparseburn-bundle".to_string()), ("format_version".to_string(), FORMAT_VERSION.to_string())]);
     write_safetensors(&dir.join(MODEL_FILE), &tensors, meta)?;
     drop(tensors);
     drop(table);

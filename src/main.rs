@@ -59,11 +59,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--progress-every must be a positive number of seconds, got {progress_every}");
             }
             let (config, resume_overrides) = match (&config, &resume) {
-                (Some(path), Some(dir)) => anyhow::bail!(
-                    "give either a config file ({}) or --resume {}, not both: a resumed run continues with its saved config",
-                    path.display(),
-                    dir.display()
-                ),
+                (Some(path), Some(dir)) => {
+                    anyhow::bail!("give either a config file ({}) or --resume {}, not both: a resumed run continues with its saved config", path.display(), dir.display())
+                }
                 (Some(path), None) => (Config::load(path, &overrides)?, Vec::new()),
                 (None, Some(dir)) => (train::run_dir::read_config(dir)?, overrides),
                 (None, None) => anyhow::bail!("give a config file, or --resume RUN_DIR"),

@@ -16,10 +16,8 @@ use checkpoint_state::restored;
 const BIN: &str = env!("CARGO_BIN_EXE_sparseburn");
 
 fn quickstart(extra: &[&str]) -> Config {
-    let mut overrides: Vec<String> = ["logging.quiet=true", "logging.tensorboard=false", "vocab.buckets=20000", "train.epochs=3", "model.hidden=[8]"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut overrides: Vec<String> =
+        ["logging.quiet=true", "logging.tensorboard=false", "vocab.buckets=20000", "train.epochs=3", "model.hidden=[8]"].iter().map(|s| s.to_string()).collect();
     overrides.extend(extra.iter().map(|s| s.to_string()));
     Config::load(Path::new("configs/quickstart.toml"), &overrides).expect("quickstart config loads")
 }
@@ -95,7 +93,9 @@ fn a_corrupt_middle_link_falls_back_to_the_previous_valid_checkpoint() {
     let (reference, dir) = (tmp.path().join("reference"), tmp.path().join("corrupt"));
     let args = |d: &Path| {
         let mut a: Vec<String> = vec!["train".into(), "configs/quickstart.toml".into(), "--run-dir".into(), d.display().to_string()];
-        for s in ["logging.quiet=true", "vocab.buckets=20000", "train.epochs=3", "checkpoint.every=5", "checkpoint.max_chain=20", "checkpoint.compact_ratio=100", "checkpoint.keep=20"] {
+        for s in
+            ["logging.quiet=true", "vocab.buckets=20000", "train.epochs=3", "checkpoint.every=5", "checkpoint.max_chain=20", "checkpoint.compact_ratio=100", "checkpoint.keep=20"]
+        {
             a.extend(["--set".to_string(), s.to_string()]);
         }
         a
@@ -180,12 +180,8 @@ fn pruning_never_removes_a_link_a_kept_checkpoint_needs() {
 /// a reached-rows run must be bit-identical too.
 #[test]
 fn holding_only_the_reached_rows_trains_exactly_what_holding_all_rows_does() {
-    let kinds: [&[&str]; 4] = [
-        OPTIMIZERS[0],
-        OPTIMIZERS[1],
-        &["optimizer.table.kind=rowwise_adagrad", "optimizer.table.weight_decay=0.01"],
-        &["optimizer.table.kind=partial_rowwise_adam"],
-    ];
+    let kinds: [&[&str]; 4] =
+        [OPTIMIZERS[0], OPTIMIZERS[1], &["optimizer.table.kind=rowwise_adagrad", "optimizer.table.weight_decay=0.01"], &["optimizer.table.kind=partial_rowwise_adam"]];
     for extra in kinds {
         let tmp = tempfile::tempdir().unwrap();
         let with = |rows: &str| {

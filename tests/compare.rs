@@ -104,7 +104,9 @@ impl Run {
             "backward_ms" => ms("head_backward_ms") + ms("bag_backward_ms"),
             "table_optimizer_ms" => ms("table_optimizer_ms"),
             "head_optimizer_ms" => ms("head_optimizer_ms"),
-            "step_ms" => ["data_ms", "bag_forward_ms", "head_forward_ms", "head_backward_ms", "bag_backward_ms", "table_optimizer_ms", "head_optimizer_ms"].iter().map(|k| ms(k)).sum(),
+            "step_ms" => {
+                ["data_ms", "bag_forward_ms", "head_forward_ms", "head_backward_ms", "bag_backward_ms", "table_optimizer_ms", "head_optimizer_ms"].iter().map(|k| ms(k)).sum()
+            }
             "rows_touched_per_step" => s["mean_rows_touched"].as_f64().unwrap(),
             "optimizer_state_bytes" => s["optimizer_state_bytes"].as_f64().unwrap(),
             "peak_rss_bytes" => s["peak_rss_bytes"].as_f64().unwrap(),
@@ -381,16 +383,8 @@ fn bad_configs_are_rejected_before_anything_trains() {
             "",
             &["arm \"b\"", "differs from the baseline", "model.dim = 32", "64", "optimizer.*"],
         ),
-        (
-            "[[compare.arms]]\nname = \"a\"\n[[compare.arms]]\nname = \"b\"\nset = { \"data.train\" = \"./examples/data/sotu_era_600.tsv\" }\n",
-            "",
-            &["arm \"b\"", "data.train"],
-        ),
-        (
-            "[[compare.arms]]\nname = \"a\"\n[[compare.arms]]\nname = \"b\"\nset = { \"train.batch_size\" = 16 }\n",
-            "",
-            &["train.batch_size = 16"],
-        ),
+        ("[[compare.arms]]\nname = \"a\"\n[[compare.arms]]\nname = \"b\"\nset = { \"data.train\" = \"./examples/data/sotu_era_600.tsv\" }\n", "", &["arm \"b\"", "data.train"]),
+        ("[[compare.arms]]\nname = \"a\"\n[[compare.arms]]\nname = \"b\"\nset = { \"train.batch_size\" = 16 }\n", "", &["train.batch_size = 16"]),
         (
             "[[compare.arms]]\nname = \"lazy\"\n[[compare.arms]]\nname = \"dense\"\n",
             "baseline = \"lazy_adam\"",
@@ -398,16 +392,8 @@ fn bad_configs_are_rejected_before_anything_trains() {
         ),
         ("[[compare.arms]]\nname = \"a\"\n[[compare.arms]]\nname = \"a\"\n", "", &["two arms are named \"a\""]),
         ("[[compare.arms]]\nname = \"a/b\"\n", "", &["arm name", "a/b"]),
-        (
-            "[[compare.arms]]\nname = \"a\"\nset = { \"optimizer.table.kindd\" = \"sgd\" }\n",
-            "",
-            &["arm \"a\"", "kindd"],
-        ),
-        (
-            "[[compare.arms]]\nname = \"a\"\nset = { \"optimizer.table.kind\" = \"adagrad\" }\n",
-            "",
-            &["arm \"a\"", "optimizer.table.kind", "adagrad"],
-        ),
+        ("[[compare.arms]]\nname = \"a\"\nset = { \"optimizer.table.kindd\" = \"sgd\" }\n", "", &["arm \"a\"", "kindd"]),
+        ("[[compare.arms]]\nname = \"a\"\nset = { \"optimizer.table.kind\" = \"adagrad\" }\n", "", &["arm \"a\"", "optimizer.table.kind", "adagrad"]),
         ("", "", &["no arms"]),
     ];
     for (arms, extra, needles) in cases {

@@ -23,8 +23,8 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use sparseburn::optim::device_table::{DeviceTable, DeviceTableState, SegmentReduce, StateArrays};
 use sparseburn::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableInit};
+use sparseburn::optim::device_table::{DeviceTable, DeviceTableState, SegmentReduce, StateArrays};
 use sparseburn::optim::{AdamConfig, BiasCorrection, LazyAdam, StateData, StateError, TableOptimizer};
 
 #[cfg(not(feature = "cuda"))]
@@ -39,12 +39,7 @@ fn device() -> burn::tensor::ops::Device<B> {
 }
 
 fn reduces() -> [SegmentReduce; 4] {
-    [
-        SegmentReduce::Sequential,
-        SegmentReduce::Tree { width: 2 },
-        SegmentReduce::Tree { width: 4 },
-        SegmentReduce::default(),
-    ]
+    [SegmentReduce::Sequential, SegmentReduce::Tree { width: 2 }, SegmentReduce::Tree { width: 4 }, SegmentReduce::default()]
 }
 
 fn tensor2(values: &[f32], rows: usize, dim: usize) -> Tensor<B, 2> {
@@ -386,7 +381,6 @@ fn duplicates_equal_the_pre_summed_batch() {
         let a = one_step(&dup, Pooling::Mean, &d0, reduce);
         let b = one_step(&pre, Pooling::Sum, &d_pre, reduce);
         assert_eq!(a, b, "{reduce:?}: mean pooling");
-
     }
 }
 
@@ -436,8 +430,7 @@ fn state_moves_between_host_and_device_optimizers() {
     // Device → host.
     let mut back = config.init_lazy(rows, dim);
     back.load_state(&dt.state()).unwrap();
-    assert_eq!(back.state().iter().map(|(n, d)| (*n, d.to_le_bytes())).collect::<Vec<_>>(),
-        opt.state().iter().map(|(n, d)| (*n, d.to_le_bytes())).collect::<Vec<_>>());
+    assert_eq!(back.state().iter().map(|(n, d)| (*n, d.to_le_bytes())).collect::<Vec<_>>(), opt.state().iter().map(|(n, d)| (*n, d.to_le_bytes())).collect::<Vec<_>>());
 
     // Mismatched sizes are refused.
     let mut small = DeviceTable::<B>::from_host(&table(5, dim, 1), config, &device());

@@ -429,9 +429,7 @@ fn predict_loop_answers_each_line_as_a_co_process() {
         serde_json::from_str(&answer).unwrap_or_else(|e| panic!("not JSON: {answer:?}: {e}"))
     };
     // Labels exactly, scores as the f32 they were written from.
-    let parsed = |v: &Value| -> (Vec<String>, Vec<f32>) {
-        (serde_json::from_value(v["labels"].clone()).unwrap(), serde_json::from_value(v["scores"].clone()).unwrap())
-    };
+    let parsed = |v: &Value| -> (Vec<String>, Vec<f32>) { (serde_json::from_value(v["labels"].clone()).unwrap(), serde_json::from_value(v["scores"].clone()).unwrap()) };
     let expect = |text: &str| {
         let p = predictor.predict_one(text, 2);
         (p.labels, p.scores)
@@ -743,7 +741,10 @@ fn http_hot_reloads_new_versions_and_keeps_serving_through_bad_ones() {
     let v1 = Predictor::load(export_to(&base.join("1"), Some(&f.checkpoints[0]))).unwrap().predict_one(text, 0);
     let version = |c: &reqwest::blocking::Client| -> String {
         let (_, body) = get(c, &server, "/v1/models/sotu");
-        serde_json::from_str::<Value>(&body).ok().and_then(|v| v["model_version_status"].as_array()?.iter().find(|s| s["state"] == "AVAILABLE").map(|s| s["version"].as_str().unwrap().to_string())).unwrap_or_default()
+        serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["model_version_status"].as_array()?.iter().find(|s| s["state"] == "AVAILABLE").map(|s| s["version"].as_str().unwrap().to_string()))
+            .unwrap_or_default()
     };
     wait_for("version 1", Duration::from_secs(10), || version(&c) == "1");
     assert_eq!(get(&c, &server, "/health").0, 200);

@@ -133,12 +133,7 @@ fn a_bundle_trained_with_the_options_round_trips() {
     let vocab = Vocab::read(&run.join("vocab.txt")).unwrap();
     let featurizer = Featurizer::new(Tokenizer::new(config.tokenizer.clone()), vocab.clone(), &config.vocab);
     let mut scratch = Scratch::new(&head);
-    let texts = [
-        "The Union, the Constitution (and) C++ — peace!",
-        "  tabs\tand  Ünïcødé 漢字 words  ",
-        "zzqx unseen-words only.",
-        "",
-    ];
+    let texts = ["The Union, the Constitution (and) C++ — peace!", "  tabs\tand  Ünïcødé 漢字 words  ", "zzqx unseen-words only.", ""];
     for text in texts {
         let ids = featurizer.features(text);
         assert_eq!(ids, rows_from_manifest(&manifest, vocab.words(), text), "rows of {text:?}");

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use sparseburn::model::{EmbeddingTable, SparseGrad};
 use sparseburn::optim::{
-    AdamConfig, BiasCorrection, DenseAdamConfig, LazyAdamConfig, PartialRowwiseAdamConfig, RowwiseAdagradConfig, StateData, StateError,
-    StateSource, TableOptimizer, TableOptimizerConfig,
+    AdamConfig, BiasCorrection, DenseAdamConfig, LazyAdamConfig, PartialRowwiseAdamConfig, RowwiseAdagradConfig, StateData, StateError, StateSource, TableOptimizer,
+    TableOptimizerConfig,
 };
 
 const DIM: usize = 3;

@@ -16,7 +16,11 @@ fn config(extra: &[&str]) -> Config {
 
 #[test]
 fn memory_plan_matches_measured_allocations() {
-    for extra in [&["optimizer.table.kind=lazy_adam"][..], &["optimizer.table.kind=dense_adam", "optimizer.table.bias_correction=per_row", "optimizer.table.weight_decay=0.01"], &["optimizer.table.kind=sgd"]] {
+    for extra in [
+        &["optimizer.table.kind=lazy_adam"][..],
+        &["optimizer.table.kind=dense_adam", "optimizer.table.bias_correction=per_row", "optimizer.table.weight_decay=0.01"],
+        &["optimizer.table.kind=sgd"],
+    ] {
         let c = config(extra);
         let rows = 2_000_000;
         let head = HeadConfig { input: c.model.dim, hidden: vec![], classes: 5 };

@@ -18,10 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sparseburn");
 /// A small, fast quickstart that checkpoints often (20k buckets keep checkpoints small).
 fn train_args(extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = ["train", "configs/quickstart.toml"].iter().map(|s| s.to_string()).collect();
-    for set in ["logging.quiet=true", "vocab.buckets=20000", "train.epochs=12", "checkpoint.every=7", "checkpoint.keep=2", "logging.histogram_every=10"]
-        .iter()
-        .chain(extra)
-    {
+    for set in ["logging.quiet=true", "vocab.buckets=20000", "train.epochs=12", "checkpoint.every=7", "checkpoint.keep=2", "logging.histogram_every=10"].iter().chain(extra) {
         args.push("--set".into());
         args.push(set.to_string());
     }
@@ -259,9 +256,7 @@ fn sigkill_during_export_never_leaves_a_missing_or_partial_bundle() {
     assert!(run(&args).status.success());
     let base = tmp.path().join("models");
     let v1 = base.join("1");
-    let export = |extra: &[&str]| -> Vec<String> {
-        ["export", dir.to_str().unwrap()].iter().chain(extra).map(|s| s.to_string()).collect()
-    };
+    let export = |extra: &[&str]| -> Vec<String> { ["export", dir.to_str().unwrap()].iter().chain(extra).map(|s| s.to_string()).collect() };
     let started = Instant::now();
     let out = run(&export(&["--out", v1.to_str().unwrap()]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -74,12 +74,8 @@ fn eval_every_replaces_the_per_epoch_evaluation_without_duplicates() {
     let run = tmp.path().join("run");
     train_fresh(&run, &["train.epochs=2", "train.eval_every=10"]);
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let evals: Vec<u64> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "eval")
-        .map(|v| v["step"].as_u64().unwrap())
-        .collect();
+    let evals: Vec<u64> =
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v["kind"] == "eval").map(|v| v["step"].as_u64().unwrap()).collect();
     // 15 steps an epoch: every 10 steps, and once at the end (not at step 15).
     assert_eq!(evals, vec![10, 20, 30]);
 }
@@ -92,7 +88,22 @@ fn resuming_on_changed_data_is_refused_naming_the_file_and_changing_nothing() {
     std::fs::write(&data, &original).unwrap();
     let set = format!("data.train={:?}", data.display().to_string());
     let r = run.display().to_string();
-    let out = sparseburn(&["train", "configs/quickstart.toml", "--run-dir", &r, "--set", "logging.quiet=true", "--set", "vocab.buckets=20000", "--set", "train.epochs=2", "--set", &set, "--set", "train.max_steps=20"]);
+    let out = sparseburn(&[
+        "train",
+        "configs/quickstart.toml",
+        "--run-dir",
+        &r,
+        "--set",
+        "logging.quiet=true",
+        "--set",
+        "vocab.buckets=20000",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        &set,
+        "--set",
+        "train.max_steps=20",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let vocab = std::fs::read(run.join("vocab.txt")).unwrap();
     // One label's lines removed: labels would shift onto other outputs.

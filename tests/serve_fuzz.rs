@@ -260,33 +260,73 @@ fn predict_body() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn deep_nesting() -> impl Strategy<Value = Vec<u8>> {
-    (1usize..20_000, 0usize..4).prop_map(|(depth, kind)| match kind {
-        0 => format!("{}{}", "[".repeat(depth), "]".repeat(depth)),
-        1 => format!("{{\"instances\": {}\"a\"{}}}", "[".repeat(depth), "]".repeat(depth)),
-        2 => format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth)),
-        _ => format!("{{\"instances\": [{}\"x\"{}]}}", "{\"text\": ".repeat(depth), "}".repeat(depth)),
-    }.into_bytes())
+    (1usize..20_000, 0usize..4).prop_map(|(depth, kind)| {
+        match kind {
+            0 => format!("{}{}", "[".repeat(depth), "]".repeat(depth)),
+            1 => format!("{{\"instances\": {}\"a\"{}}}", "[".repeat(depth), "]".repeat(depth)),
+            2 => format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth)),
+            _ => format!("{{\"instances\": [{}\"x\"{}]}}", "{\"text\": ".repeat(depth), "}".repeat(depth)),
+        }
+        .into_bytes()
+    })
 }
 
 fn huge_numbers() -> impl Strategy<Value = Vec<u8>> {
     let number = prop::sample::select(vec![
-        "1e400", "-1e400", "18446744073709551616", "18446744073709551615", "9223372036854775808", "-9223372036854775809",
-        "99999999999999999999999999999999999999999999", "1.5", "-0", "0", "1e2", "4.0", "-1", "1E-400", "0.0000000000000000000000001",
+        "1e400",
+        "-1e400",
+        "18446744073709551616",
+        "18446744073709551615",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "99999999999999999999999999999999999999999999",
+        "1.5",
+        "-0",
+        "0",
+        "1e2",
+        "4.0",
+        "-1",
+        "1E-400",
+        "0.0000000000000000000000001",
     ]);
-    (number, 0usize..3).prop_map(|(n, kind)| match kind {
-        0 => format!("{{\"instances\": [\"a\"], \"top_k\": {n}}}"),
-        1 => format!("{{\"instances\": [{n}]}}"),
-        _ => format!("{{\"instances\": [{{\"text\": {n}}}], \"top_k\": {n}}}"),
-    }.into_bytes())
+    (number, 0usize..3).prop_map(|(n, kind)| {
+        match kind {
+            0 => format!("{{\"instances\": [\"a\"], \"top_k\": {n}}}"),
+            1 => format!("{{\"instances\": [{n}]}}"),
+            _ => format!("{{\"instances\": [{{\"text\": {n}}}], \"top_k\": {n}}}"),
+        }
+        .into_bytes()
+    })
 }
 
 fn wrong_shapes() -> impl Strategy<Value = Vec<u8>> {
     prop::sample::select(vec![
-        r#"{"instances": {"text": "a"}}"#, r#"{"instances": [null, 1, true]}"#, r#"{"inputs": ["a"]}"#, r#"{"inputs": {"text": ["a"]}}"#,
-        r#"{"instances": "a"}"#, r#"[]"#, r#""str""#, r#"null"#, r#"{}"#, r#"{"instances": [["a"]]}"#, r#"{"instances": [{"text": "a", "extra": 1}]}"#,
-        r#"{"instances": [{}]}"#, r#"{"instances": [{"text": null}]}"#, r#"{"instances": ["a"], "instances": ["b"]}"#, r#"{"instances": ["a"]} trailing"#,
-        r#"{"instances": ["a"],}"#, r#"{'instances': ['a']}"#, "{\"instances\": [\"\\ud800\"]}", "{\"instances\": [\"\\u0000\"]}", "\u{feff}{\"instances\": []}",
-        r#"{"instances": []}"#, r#"{"instances": [], "top_k": null}"#, "", " ", "{", "}",
+        r#"{"instances": {"text": "a"}}"#,
+        r#"{"instances": [null, 1, true]}"#,
+        r#"{"inputs": ["a"]}"#,
+        r#"{"inputs": {"text": ["a"]}}"#,
+        r#"{"instances": "a"}"#,
+        r#"[]"#,
+        r#""str""#,
+        r#"null"#,
+        r#"{}"#,
+        r#"{"instances": [["a"]]}"#,
+        r#"{"instances": [{"text": "a", "extra": 1}]}"#,
+        r#"{"instances": [{}]}"#,
+        r#"{"instances": [{"text": null}]}"#,
+        r#"{"instances": ["a"], "instances": ["b"]}"#,
+        r#"{"instances": ["a"]} trailing"#,
+        r#"{"instances": ["a"],}"#,
+        r#"{'instances': ['a']}"#,
+        "{\"instances\": [\"\\ud800\"]}",
+        "{\"instances\": [\"\\u0000\"]}",
+        "\u{feff}{\"instances\": []}",
+        r#"{"instances": []}"#,
+        r#"{"instances": [], "top_k": null}"#,
+        "",
+        " ",
+        "{",
+        "}",
     ])
     .prop_map(|s| s.as_bytes().to_vec())
 }
@@ -404,11 +444,33 @@ fn request() -> impl Strategy<Value = Request> {
 /// Malformed byte streams.
 fn raw() -> impl Strategy<Value = Vec<u8>> {
     let bad_header = prop::sample::select(vec![
-        "X-A\0: b", "Bad Header: x", "X: \x01\x7f", ": novalue", "NoColon", "X-Ü: y", "X: a\rb", "\tfolded: x", " leading: space", "X:\u{0}",
-        "Content-Length: abc", "Content-Length: -1", "Content-Length: 1, 2", "Content-Length: +5", "Content-Length: 18446744073709551616",
-        "Content-Length: 0x10", "Content-Length: ", "Content-Length: 5\r\nContent-Length: 6", "Transfer-Encoding: chunked\r\nContent-Length: 5",
-        "Transfer-Encoding: gzip, chunked", "Transfer-Encoding: chunked, identity", "Transfer-Encoding: bogus", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
-        "Upgrade: h2c\r\nConnection: Upgrade", "Upgrade: websocket\r\nConnection: Upgrade", "Expect: 999-nonsense", "Host: a\r\nHost: b",
+        "X-A\0: b",
+        "Bad Header: x",
+        "X: \x01\x7f",
+        ": novalue",
+        "NoColon",
+        "X-Ü: y",
+        "X: a\rb",
+        "\tfolded: x",
+        " leading: space",
+        "X:\u{0}",
+        "Content-Length: abc",
+        "Content-Length: -1",
+        "Content-Length: 1, 2",
+        "Content-Length: +5",
+        "Content-Length: 18446744073709551616",
+        "Content-Length: 0x10",
+        "Content-Length: ",
+        "Content-Length: 5\r\nContent-Length: 6",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5",
+        "Transfer-Encoding: gzip, chunked",
+        "Transfer-Encoding: chunked, identity",
+        "Transfer-Encoding: bogus",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        "Upgrade: h2c\r\nConnection: Upgrade",
+        "Upgrade: websocket\r\nConnection: Upgrade",
+        "Expect: 999-nonsense",
+        "Host: a\r\nHost: b",
     ]);
     prop_oneof![
         // A truncated well-formed request.

@@ -88,8 +88,7 @@ model.pooling = ["mean", "sum"]"#,
             }
         }
     }
-    let got: Vec<(usize, String, f64)> =
-        p.trials.iter().map(|t| (t.config.model.dim, t.config.model.pooling.name().to_string(), t.config.optimizer.table.lr())).collect();
+    let got: Vec<(usize, String, f64)> = p.trials.iter().map(|t| (t.config.model.dim, t.config.model.pooling.name().to_string(), t.config.optimizer.table.lr())).collect();
     assert_eq!(got, want);
     for (i, t) in p.trials.iter().enumerate() {
         assert_eq!(t.name, format!("trial-{:03}", i + 1));
@@ -141,12 +140,24 @@ fn bad_input_gets_an_error_naming_the_key() {
     let cases = [
         (r#"method = "grid""#, r#""optimizer.table.lrr" = [0.1]"#, "optimizer.table.lrr"),
         (r#"method = "grid""#, r#""train.epochs" = []"#, "train.epochs"),
-        (r#"method = "random"
-trials = 3"#, r#""optimizer.table.lr" = { log_uniform = [0.1, 0.01] }"#, "optimizer.table.lr"),
-        (r#"method = "random"
-trials = 3"#, r#""optimizer.table.lr" = { log_uniform = [0, 0.1] }"#, "optimizer.table.lr"),
-        (r#"method = "random"
-trials = 3"#, r#""model.dim" = { int = [1.5, 4] }"#, "model.dim"),
+        (
+            r#"method = "random"
+trials = 3"#,
+            r#""optimizer.table.lr" = { log_uniform = [0.1, 0.01] }"#,
+            "optimizer.table.lr",
+        ),
+        (
+            r#"method = "random"
+trials = 3"#,
+            r#""optimizer.table.lr" = { log_uniform = [0, 0.1] }"#,
+            "optimizer.table.lr",
+        ),
+        (
+            r#"method = "random"
+trials = 3"#,
+            r#""model.dim" = { int = [1.5, 4] }"#,
+            "model.dim",
+        ),
         (r#"method = "grid""#, r#""optimizer.table.lr" = { uniform = [0.01, 0.1] }"#, "optimizer.table.lr"),
         (r#"method = "grid""#, r#""model.dim" = [16, 0]"#, "model.dim"),
         (r#"method = "random""#, r#""model.dim" = [16]"#, "sweep.trials"),

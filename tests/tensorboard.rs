@@ -5,9 +5,7 @@
 //! for `.ci/check_tensorboard.py`.
 
 use protobuf::Message;
-use sparseburn::summary::{
-    GraphSpec, HParamValue, RunSummary, build_graph, encode_graph, write_projector,
-};
+use sparseburn::summary::{build_graph, encode_graph, write_projector, GraphSpec, HParamValue, RunSummary};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tensorboard_proto::api::{DataType as HParamType, Status};
@@ -48,25 +46,14 @@ fn read_records(bytes: &[u8]) -> Vec<Vec<u8>> {
 }
 
 fn event_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("events.out.tfevents.")
-        })
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents.")).collect();
     files.sort();
     files
 }
 
 fn read_events_file(path: &Path) -> Vec<Event> {
-    let events: Vec<Event> = read_records(&std::fs::read(path).unwrap())
-        .iter()
-        .map(|r| Event::parse_from_bytes(r).expect("record is an Event"))
-        .collect();
+    let events: Vec<Event> = read_records(&std::fs::read(path).unwrap()).iter().map(|r| Event::parse_from_bytes(r).expect("record is an Event")).collect();
     assert_eq!(events[0].get_file_version(), "brain.Event:2");
     events
 }
@@ -79,41 +66,22 @@ fn read_events(dir: &Path) -> Vec<Event> {
 }
 
 fn values(events: &[Event]) -> Vec<(i64, Summary_Value)> {
-    events
-        .iter()
-        .filter(|e| e.has_summary())
-        .flat_map(|e| {
-            e.get_summary()
-                .get_value()
-                .iter()
-                .map(move |v| (e.get_step(), v.clone()))
-        })
-        .collect()
+    events.iter().filter(|e| e.has_summary()).flat_map(|e| e.get_summary().get_value().iter().map(move |v| (e.get_step(), v.clone()))).collect()
 }
 
 fn tagged(events: &[Event], tag: &str) -> Vec<(i64, Summary_Value)> {
-    values(events)
-        .into_iter()
-        .filter(|(_, v)| v.get_tag() == tag)
-        .collect()
+    values(events).into_iter().filter(|(_, v)| v.get_tag() == tag).collect()
 }
 
 fn graph_events(events: &[Event]) -> Vec<Vec<u8>> {
-    events
-        .iter()
-        .filter(|e| e.has_graph_def())
-        .map(|e| e.get_graph_def().to_vec())
-        .collect()
+    events.iter().filter(|e| e.has_graph_def()).map(|e| e.get_graph_def().to_vec()).collect()
 }
 
 fn hparams_data(value: &Summary_Value) -> HParamsPluginData {
     let plugin = value.get_metadata().get_plugin_data();
     assert_eq!(plugin.get_plugin_name(), "hparams");
     // Without a tensor TensorBoard ignores the value; this is its NULL_TENSOR, byte for byte.
-    assert_eq!(
-        value.get_tensor().write_to_bytes().unwrap(),
-        b"\x08\x01\x12\x02\x12\x00"
-    );
+    assert_eq!(value.get_tensor().write_to_bytes().unwrap(), b"\x08\x01\x12\x02\x12\x00");
     let data = HParamsPluginData::parse_from_bytes(plugin.get_content()).unwrap();
     assert_eq!(data.get_version(), 0);
     data
@@ -142,20 +110,11 @@ fn spec(dense_device: &str) -> GraphSpec {
 }
 
 fn node<'a>(graph: &'a GraphDef, name: &str) -> &'a NodeDef {
-    graph
-        .get_node()
-        .iter()
-        .find(|n| n.get_name() == name)
-        .unwrap_or_else(|| panic!("no node {name}"))
+    graph.get_node().iter().find(|n| n.get_name() == name).unwrap_or_else(|| panic!("no node {name}"))
 }
 
 fn output_shapes(node: &NodeDef) -> Vec<Vec<i64>> {
-    node.get_attr()["_output_shapes"]
-        .get_list()
-        .get_shape()
-        .iter()
-        .map(|s| s.get_dim().iter().map(|d| d.get_size()).collect())
-        .collect()
+    node.get_attr()["_output_shapes"].get_list().get_shape().iter().map(|s| s.get_dim().iter().map(|d| d.get_size()).collect()).collect()
 }
 
 /// Small deterministic pseudo-random numbers (xorshift), no dependency on the code under test.
@@ -187,10 +146,7 @@ fn scalars_round_trip() {
     summary.close();
 
     let events = read_events(&run);
-    let loss: Vec<(u64, f32)> = tagged(&events, "train/loss")
-        .iter()
-        .map(|(step, v)| (*step as u64, v.get_simple_value()))
-        .collect();
+    let loss: Vec<(u64, f32)> = tagged(&events, "train/loss").iter().map(|(step, v)| (*step as u64, v.get_simple_value())).collect();
     assert_eq!(loss, expected);
     assert_eq!(tagged(&events, "train/lr").len(), 50);
     assert!(events.iter().all(|e| e.get_wall_time() > 1.6e9));
@@ -216,11 +172,7 @@ fn histogram_statistics() {
     assert_eq!(hist.len(), 1);
     assert_eq!(hist[0].0, 3);
     let h = hist[0].1.get_histo();
-    let finite: Vec<f64> = vals
-        .iter()
-        .filter(|v| v.is_finite())
-        .map(|&v| v as f64)
-        .collect();
+    let finite: Vec<f64> = vals.iter().filter(|v| v.is_finite()).map(|&v| v as f64).collect();
     let min = finite.iter().cloned().fold(f64::MAX, f64::min);
     let max = finite.iter().cloned().fold(f64::MIN, f64::max);
     let sum: f64 = finite.iter().sum();
@@ -240,19 +192,13 @@ fn histogram_statistics() {
     for (i, &count) in counts.iter().enumerate() {
         let lo = if i == 0 { f64::MIN } else { limits[i - 1] };
         let last = i + 1 == limits.len();
-        let n = finite
-            .iter()
-            .filter(|&&v| v >= lo && (v < limits[i] || last))
-            .count();
+        let n = finite.iter().filter(|&&v| v >= lo && (v < limits[i] || last)).count();
         assert_eq!(count, n as f64, "bucket {i}");
     }
 
     let constant = tagged(&events, "weights/constant");
     let c = constant[0].1.get_histo();
-    assert_eq!(
-        (c.get_min(), c.get_max(), c.get_num(), c.get_sum()),
-        (0.5, 0.5, 7.0, 3.5)
-    );
+    assert_eq!((c.get_min(), c.get_max(), c.get_num(), c.get_sum()), (0.5, 0.5, 7.0, 3.5));
     assert_eq!(c.get_bucket().iter().sum::<f64>(), 7.0);
 }
 
@@ -269,10 +215,7 @@ fn text_summary() {
     assert_eq!(text.len(), 1);
     let (step, value) = &text[0];
     assert_eq!(*step, 12);
-    assert_eq!(
-        value.get_metadata().get_plugin_data().get_plugin_name(),
-        "text"
-    );
+    assert_eq!(value.get_metadata().get_plugin_data().get_plugin_name(), "text");
     let tensor = value.get_tensor();
     assert_eq!(tensor.get_dtype(), DataType::DT_STRING);
     assert!(tensor.get_tensor_shape().get_dim().is_empty());
@@ -287,150 +230,68 @@ fn graph_nodes_match_the_spec() {
 
     let table = node(&graph, "embedding/table");
     assert_eq!(table.get_op(), "VariableV2");
-    assert_eq!(
-        output_shapes(table),
-        vec![vec![spec.table_rows as i64, spec.dim as i64]]
-    );
-    assert_eq!(
-        table.get_attr()["dtype"].get_field_type(),
-        DataType::DT_FLOAT
-    );
+    assert_eq!(output_shapes(table), vec![vec![spec.table_rows as i64, spec.dim as i64]]);
+    assert_eq!(table.get_attr()["dtype"].get_field_type(), DataType::DT_FLOAT);
 
     let bag = node(&graph, "embedding/bag_pool");
     assert_eq!(bag.get_op(), "EmbeddingBag");
-    assert_eq!(
-        bag.get_input(),
-        ["embedding/table", "input/ids", "input/offsets"]
-    );
+    assert_eq!(bag.get_input(), ["embedding/table", "input/ids", "input/offsets"]);
     assert_eq!(bag.get_attr()["pooling"].get_s(), b"mean");
     assert_eq!(output_shapes(bag), vec![vec![-1, 64]]);
 
-    assert_eq!(
-        node(&graph, "head/linear_0/MatMul").get_input(),
-        ["embedding/bag_pool", "head/linear_0/weight"]
-    );
-    assert_eq!(
-        node(&graph, "head/linear_0/BiasAdd").get_input(),
-        ["head/linear_0/MatMul", "head/linear_0/bias"]
-    );
-    assert_eq!(
-        node(&graph, "head/relu_0").get_input(),
-        ["head/linear_0/BiasAdd"]
-    );
-    assert_eq!(
-        node(&graph, "head/linear_1/MatMul").get_input(),
-        ["head/relu_0", "head/linear_1/weight"]
-    );
-    assert!(
-        graph
-            .get_node()
-            .iter()
-            .all(|n| n.get_name() != "head/relu_1"),
-        "no ReLU after the last layer"
-    );
-    assert_eq!(
-        output_shapes(node(&graph, "head/linear_0/weight")),
-        vec![vec![64, 32]]
-    );
-    assert_eq!(
-        output_shapes(node(&graph, "head/linear_1/BiasAdd")),
-        vec![vec![-1, 4]]
-    );
+    assert_eq!(node(&graph, "head/linear_0/MatMul").get_input(), ["embedding/bag_pool", "head/linear_0/weight"]);
+    assert_eq!(node(&graph, "head/linear_0/BiasAdd").get_input(), ["head/linear_0/MatMul", "head/linear_0/bias"]);
+    assert_eq!(node(&graph, "head/relu_0").get_input(), ["head/linear_0/BiasAdd"]);
+    assert_eq!(node(&graph, "head/linear_1/MatMul").get_input(), ["head/relu_0", "head/linear_1/weight"]);
+    assert!(graph.get_node().iter().all(|n| n.get_name() != "head/relu_1"), "no ReLU after the last layer");
+    assert_eq!(output_shapes(node(&graph, "head/linear_0/weight")), vec![vec![64, 32]]);
+    assert_eq!(output_shapes(node(&graph, "head/linear_1/BiasAdd")), vec![vec![-1, 4]]);
 
     let loss = node(&graph, "loss/softmax_cross_entropy");
     assert_eq!(loss.get_input(), ["head/linear_1/BiasAdd", "input/labels"]);
 
     let lazy = node(&graph, "optimizer/lazy_adam");
-    assert_eq!(
-        &lazy.get_input()[..2],
-        ["embedding/table", "gradients/bag_pool_grad"]
-    );
+    assert_eq!(&lazy.get_input()[..2], ["embedding/table", "gradients/bag_pool_grad"]);
     let adam = node(&graph, "optimizer/adam");
-    for param in [
-        "head/linear_0/weight",
-        "head/linear_0/bias",
-        "head/linear_1/weight",
-        "head/linear_1/bias",
-    ] {
-        assert!(
-            adam.get_input().iter().any(|i| i == param),
-            "adam updates {param}"
-        );
+    for param in ["head/linear_0/weight", "head/linear_0/bias", "head/linear_1/weight", "head/linear_1/bias"] {
+        assert!(adam.get_input().iter().any(|i| i == param), "adam updates {param}");
     }
 
     // Devices: the sparse side on the host, the head on the dense device.
-    for name in [
-        "embedding/table",
-        "embedding/bag_pool",
-        "gradients/bag_pool_grad",
-        "optimizer/lazy_adam",
-    ] {
+    for name in ["embedding/table", "embedding/bag_pool", "gradients/bag_pool_grad", "optimizer/lazy_adam"] {
         assert_eq!(node(&graph, name).get_device(), "/device:CPU:0", "{name}");
     }
-    for name in [
-        "head/linear_0/weight",
-        "head/linear_1/MatMul",
-        "loss/softmax_cross_entropy",
-        "optimizer/adam",
-    ] {
+    for name in ["head/linear_0/weight", "head/linear_1/MatMul", "loss/softmax_cross_entropy", "optimizer/adam"] {
         assert_eq!(node(&graph, name).get_device(), "/device:GPU:0", "{name}");
     }
 
     // Every node renders: device, _output_shapes, a dtype/T where TF has one,
     // and every input names a node (":k" selects an output that exists).
-    let names: HashMap<&str, &NodeDef> =
-        graph.get_node().iter().map(|n| (n.get_name(), n)).collect();
+    let names: HashMap<&str, &NodeDef> = graph.get_node().iter().map(|n| (n.get_name(), n)).collect();
     assert_eq!(names.len(), graph.get_node().len(), "unique names");
     for n in graph.get_node() {
         assert!(!n.get_device().is_empty(), "{} has a device", n.get_name());
-        assert!(
-            n.get_attr().contains_key("_output_shapes"),
-            "{}",
-            n.get_name()
-        );
-        assert!(
-            n.get_attr().contains_key("T")
-                || n.get_attr().contains_key("dtype")
-                || n.get_op() == "NoOp",
-            "{}",
-            n.get_name()
-        );
+        assert!(n.get_attr().contains_key("_output_shapes"), "{}", n.get_name());
+        assert!(n.get_attr().contains_key("T") || n.get_attr().contains_key("dtype") || n.get_op() == "NoOp", "{}", n.get_name());
         for input in n.get_input() {
             if let Some(control) = input.strip_prefix('^') {
                 assert!(names.contains_key(control), "{} waits for missing {input}", n.get_name());
                 continue;
             }
-            let (src, port) = input
-                .split_once(':')
-                .map_or((input.as_str(), 0), |(s, p)| (s, p.parse().unwrap()));
-            let src = names
-                .get(src)
-                .unwrap_or_else(|| panic!("{} reads missing {input}", n.get_name()));
-            assert!(
-                port < output_shapes(src).len(),
-                "{} reads missing output {input}",
-                n.get_name()
-            );
+            let (src, port) = input.split_once(':').map_or((input.as_str(), 0), |(s, p)| (s, p.parse().unwrap()));
+            let src = names.get(src).unwrap_or_else(|| panic!("{} reads missing {input}", n.get_name()));
+            assert!(port < output_shapes(src).len(), "{} reads missing output {input}", n.get_name());
         }
     }
 
     // A known batch size replaces -1.
-    let fixed = build_graph(&GraphSpec {
-        batch_size: Some(256),
-        ..spec.clone()
-    });
-    assert_eq!(
-        output_shapes(node(&fixed, "embedding/bag_pool")),
-        vec![vec![256, 64]]
-    );
+    let fixed = build_graph(&GraphSpec { batch_size: Some(256), ..spec.clone() });
+    assert_eq!(output_shapes(node(&fixed, "embedding/bag_pool")), vec![vec![256, 64]]);
 }
 
 /// Control inputs of a node (`^name`), without the caret.
 fn control_inputs(node: &NodeDef) -> Vec<&str> {
-    node.get_input()
-        .iter()
-        .filter_map(|i| i.strip_prefix('^'))
-        .collect()
+    node.get_input().iter().filter_map(|i| i.strip_prefix('^')).collect()
 }
 
 /// Every node that must run before `name`: data and control inputs, transitively.
@@ -457,12 +318,7 @@ fn the_step_order_is_in_the_graph_as_control_dependencies() {
     for n in graph.get_node() {
         let first_control = n.get_input().iter().position(|i| i.starts_with('^'));
         if let Some(k) = first_control {
-            assert!(
-                n.get_input()[k..].iter().all(|i| i.starts_with('^')),
-                "{}: data input after a control input: {:?}",
-                n.get_name(),
-                n.get_input()
-            );
+            assert!(n.get_input()[k..].iter().all(|i| i.starts_with('^')), "{}: data input after a control input: {:?}", n.get_name(), n.get_input());
         }
     }
     // Both optimizers wait for both backward passes; where a data edge already
@@ -490,29 +346,14 @@ fn the_step_order_is_in_the_graph_as_control_dependencies() {
     let eval = node(&graph, "eval/evaluate");
     assert_eq!(control_inputs(eval), ["train/step"]);
     let before_eval = ancestors(&graph, "eval/evaluate");
-    for name in [
-        "embedding/table",
-        "head/linear_0/weight",
-        "head/linear_1/bias",
-        "optimizer/lazy_adam",
-        "optimizer/adam",
-    ] {
+    for name in ["embedding/table", "head/linear_0/weight", "head/linear_1/bias", "optimizer/lazy_adam", "optimizer/adam"] {
         assert!(before_eval.contains(name), "evaluation runs after {name}");
     }
     // No cycle: the step's own lookup does not wait for its update.
-    assert!(
-        !ancestors(&graph, "embedding/bag_pool").contains("optimizer/lazy_adam"),
-        "the forward lookup precedes the update"
-    );
+    assert!(!ancestors(&graph, "embedding/bag_pool").contains("optimizer/lazy_adam"), "the forward lookup precedes the update");
     // The same holds with one optimizer algorithm for both (distinct node names).
-    let same = build_graph(&GraphSpec {
-        table_optimizer: "adam".into(),
-        ..spec("/device:CPU:0")
-    });
-    assert_eq!(
-        control_inputs(node(&same, "train/step")),
-        ["optimizer/adam_table", "optimizer/adam_head"]
-    );
+    let same = build_graph(&GraphSpec { table_optimizer: "adam".into(), ..spec("/device:CPU:0") });
+    assert_eq!(control_inputs(node(&same, "train/step")), ["optimizer/adam_table", "optimizer/adam_head"]);
 }
 
 #[test]
@@ -520,14 +361,7 @@ fn every_run_is_its_own_hparams_session_group() {
     // An A/B comparison: runs/<name>/<arm>/seed-<k>, and two experiments whose
     // train runs share a folder name.
     let tmp = tempfile::tempdir().unwrap();
-    let runs = [
-        "ab/lazy_adam/seed-1",
-        "ab/lazy_adam/seed-2",
-        "ab/dense_adam/seed-1",
-        "ab/dense_adam/seed-2",
-        "quickstart/lazy_adam-1",
-        "other/lazy_adam-1",
-    ];
+    let runs = ["ab/lazy_adam/seed-1", "ab/lazy_adam/seed-2", "ab/dense_adam/seed-1", "ab/dense_adam/seed-2", "quickstart/lazy_adam-1", "other/lazy_adam-1"];
     for run in runs {
         let mut summary = RunSummary::create(&tmp.path().join(run), tmp.path()).unwrap();
         assert_eq!(summary.group(), run);
@@ -540,10 +374,7 @@ fn every_run_is_its_own_hparams_session_group() {
             let events = read_events(&tmp.path().join(run));
             let start = tagged(&events, "_hparams_/session_start_info");
             assert_eq!(start.len(), 1);
-            hparams_data(&start[0].1)
-                .get_session_start_info()
-                .get_group_name()
-                .to_string()
+            hparams_data(&start[0].1).get_session_start_info().get_group_name().to_string()
         })
         .collect();
     assert_eq!(groups, runs, "each run's group is its path under the log dir");
@@ -569,19 +400,11 @@ fn graph_bytes_are_deterministic() {
     assert_eq!(a, b);
     let bytes = encode_graph(&a);
     assert_eq!(bytes, encode_graph(&b));
-    assert_eq!(
-        GraphDef::parse_from_bytes(&bytes).unwrap(),
-        a,
-        "encode_graph is a faithful encoding"
-    );
+    assert_eq!(GraphDef::parse_from_bytes(&bytes).unwrap(), a, "encode_graph is a faithful encoding");
 
     // Same optimizer on both sides still gives distinct node names.
-    let same = build_graph(&GraphSpec {
-        table_optimizer: "adam".into(),
-        ..spec.clone()
-    });
-    let names: std::collections::HashSet<_> =
-        same.get_node().iter().map(|n| n.get_name()).collect();
+    let same = build_graph(&GraphSpec { table_optimizer: "adam".into(), ..spec.clone() });
+    let names: std::collections::HashSet<_> = same.get_node().iter().map(|n| n.get_name()).collect();
     assert_eq!(names.len(), same.get_node().len());
 
     // Logging 1 or 1000 steps: one graph event each, byte-identical.
@@ -609,10 +432,7 @@ fn hparams_decode_to_the_given_values() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("lazy_adam_lr3e-3");
     let hparams = vec![
-        (
-            "optimizer".to_string(),
-            HParamValue::Str("lazy_adam".into()),
-        ),
+        ("optimizer".to_string(), HParamValue::Str("lazy_adam".into())),
         ("lr".to_string(), HParamValue::Num(0.003)),
         ("dim".to_string(), HParamValue::Num(64.0)),
         ("bias".to_string(), HParamValue::Bool(true)),
@@ -628,10 +448,7 @@ fn hparams_decode_to_the_given_values() {
     let data = hparams_data(&start[0].1);
     let info = data.get_session_start_info();
     assert_eq!(info.get_hparams().len(), 4);
-    assert_eq!(
-        info.get_hparams()["optimizer"].get_string_value(),
-        "lazy_adam"
-    );
+    assert_eq!(info.get_hparams()["optimizer"].get_string_value(), "lazy_adam");
     assert_eq!(info.get_hparams()["lr"].get_number_value(), 0.003);
     assert_eq!(info.get_hparams()["dim"].get_number_value(), 64.0);
     assert!(info.get_hparams()["bias"].get_bool_value());
@@ -642,33 +459,17 @@ fn hparams_decode_to_the_given_values() {
     assert_eq!(experiment.len(), 1);
     let data = hparams_data(&experiment[0].1);
     let exp = data.get_experiment();
-    let infos: Vec<(&str, HParamType)> = exp
-        .get_hparam_infos()
-        .iter()
-        .map(|i| (i.get_name(), i.get_field_type()))
-        .collect();
+    let infos: Vec<(&str, HParamType)> = exp.get_hparam_infos().iter().map(|i| (i.get_name(), i.get_field_type())).collect();
     assert_eq!(
         infos,
-        [
-            ("optimizer", HParamType::DATA_TYPE_STRING),
-            ("lr", HParamType::DATA_TYPE_FLOAT64),
-            ("dim", HParamType::DATA_TYPE_FLOAT64),
-            ("bias", HParamType::DATA_TYPE_BOOL)
-        ]
+        [("optimizer", HParamType::DATA_TYPE_STRING), ("lr", HParamType::DATA_TYPE_FLOAT64), ("dim", HParamType::DATA_TYPE_FLOAT64), ("bias", HParamType::DATA_TYPE_BOOL)]
     );
-    let metrics: Vec<&str> = exp
-        .get_metric_infos()
-        .iter()
-        .map(|m| m.get_name().get_tag())
-        .collect();
+    let metrics: Vec<&str> = exp.get_metric_infos().iter().map(|m| m.get_name().get_tag()).collect();
     assert_eq!(metrics, ["eval/accuracy", "eval/loss"]);
 
     let end = tagged(&events, "_hparams_/session_end_info");
     assert_eq!(end.len(), 1);
-    assert_eq!(
-        hparams_data(&end[0].1).get_session_end_info().get_status(),
-        Status::STATUS_SUCCESS
-    );
+    assert_eq!(hparams_data(&end[0].1).get_session_end_info().get_status(), Status::STATUS_SUCCESS);
 }
 
 #[test]
@@ -680,35 +481,21 @@ fn dropping_without_close_records_a_failed_session() {
         summary.scalar("train/loss", 2.0, 1);
     }
     let events = read_events(tmp.path());
-    assert_eq!(
-        tagged(&events, "train/loss").len(),
-        1,
-        "drop flushes everything"
-    );
+    assert_eq!(tagged(&events, "train/loss").len(), 1, "drop flushes everything");
     let end = tagged(&events, "_hparams_/session_end_info");
-    assert_eq!(
-        hparams_data(&end[0].1).get_session_end_info().get_status(),
-        Status::STATUS_FAILURE
-    );
+    assert_eq!(hparams_data(&end[0].1).get_session_end_info().get_status(), Status::STATUS_FAILURE);
 }
 
 #[test]
 fn projector_files_parse_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let words: Vec<String> = ["the", "tab\there", "", "ünï"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let words: Vec<String> = ["the", "tab\there", "", "ünï"].iter().map(|s| s.to_string()).collect();
     let dim = 3;
     let vectors = noise(words.len() * dim, 3);
     write_projector(tmp.path(), &words, &vectors, dim).unwrap();
 
     let tensors = std::fs::read_to_string(tmp.path().join("projector/tensors.tsv")).unwrap();
-    let parsed: Vec<f32> = tensors
-        .lines()
-        .inspect(|l| assert_eq!(l.split('\t').count(), dim))
-        .flat_map(|l| l.split('\t').map(|x| x.parse::<f32>().unwrap()))
-        .collect();
+    let parsed: Vec<f32> = tensors.lines().inspect(|l| assert_eq!(l.split('\t').count(), dim)).flat_map(|l| l.split('\t').map(|x| x.parse::<f32>().unwrap())).collect();
     assert_eq!(parsed, vectors, "values round-trip exactly");
 
     let metadata = std::fs::read_to_string(tmp.path().join("projector/metadata.tsv")).unwrap();
@@ -718,19 +505,12 @@ fn projector_files_parse_back() {
     assert!(lines.iter().all(|l| !l.contains('\t') && !l.is_empty()));
 
     let config = std::fs::read_to_string(tmp.path().join("projector_config.pbtxt")).unwrap();
-    for field in [
-        r#"tensor_name: "word_embedding""#,
-        r#"tensor_path: "projector/tensors.tsv""#,
-        r#"metadata_path: "projector/metadata.tsv""#,
-    ] {
+    for field in [r#"tensor_name: "word_embedding""#, r#"tensor_path: "projector/tensors.tsv""#, r#"metadata_path: "projector/metadata.tsv""#] {
         assert!(config.contains(field), "{field} in {config}");
     }
     assert!(config.trim_start().starts_with("embeddings {") && config.trim_end().ends_with('}'));
 
-    assert!(
-        write_projector(tmp.path(), &words, &vectors[1..], dim).is_err(),
-        "size mismatch"
-    );
+    assert!(write_projector(tmp.path(), &words, &vectors[1..], dim).is_err(), "size mismatch");
 }
 
 #[test]
@@ -748,10 +528,7 @@ fn two_runs_in_the_same_second_do_not_interfere() {
     for (dir, sign) in [(&dir_a, 1.0), (&dir_b, -1.0)] {
         let loss = tagged(&read_events(dir), "train/loss");
         assert_eq!(loss.len(), 100);
-        assert!(
-            loss.iter()
-                .all(|(step, v)| v.get_simple_value() == sign * *step as f32)
-        );
+        assert!(loss.iter().all(|(step, v)| v.get_simple_value() == sign * *step as f32));
     }
 }
 
@@ -759,14 +536,8 @@ fn two_runs_in_the_same_second_do_not_interfere() {
 fn one_writer_per_run_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let first = RunSummary::create(tmp.path(), tmp_log_dir()).unwrap();
-    assert!(
-        RunSummary::create(tmp.path(), tmp_log_dir()).is_err(),
-        "a second live writer is refused"
-    );
-    assert!(
-        RunSummary::create(&tmp.path().join("."), tmp_log_dir()).is_err(),
-        "also under another spelling"
-    );
+    assert!(RunSummary::create(tmp.path(), tmp_log_dir()).is_err(), "a second live writer is refused");
+    assert!(RunSummary::create(&tmp.path().join("."), tmp_log_dir()).is_err(), "also under another spelling");
     first.close();
 
     // Reopening right away (same second) must not truncate the first file.
@@ -792,20 +563,12 @@ fn unusable_run_dir_is_an_error() {
 #[test]
 #[ignore]
 fn demo_logdir() {
-    let root = std::env::var_os("SPARSEBURN_TB_DEMO_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("sparseburn-tb-demo"));
+    let root = std::env::var_os("SPARSEBURN_TB_DEMO_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("sparseburn-tb-demo"));
     println!("demo logdir: {}", root.display());
-    for (name, optimizer, lr, device) in [
-        ("a_lazy_adam", "lazy_adam", 0.003, "/device:GPU:0"),
-        ("b_adam", "adam", 0.001, "/device:CPU:0"),
-    ] {
+    for (name, optimizer, lr, device) in [("a_lazy_adam", "lazy_adam", 0.003, "/device:GPU:0"), ("b_adam", "adam", 0.001, "/device:CPU:0")] {
         let dir = root.join(name);
         let mut summary = RunSummary::create(&dir, tmp_log_dir()).unwrap();
-        summary.graph(&GraphSpec {
-            table_optimizer: optimizer.into(),
-            ..spec(device)
-        });
+        summary.graph(&GraphSpec { table_optimizer: optimizer.into(), ..spec(device) });
         summary.hparams(
             &[
                 ("table_optimizer".into(), HParamValue::Str(optimizer.into())),
@@ -817,11 +580,7 @@ fn demo_logdir() {
         );
         for step in 0..200u64 {
             let t = step as f32 * lr as f32 * 5.0;
-            summary.scalar(
-                "train/loss",
-                1.4 * (-t).exp() + 0.1 * noise(1, step + 1)[0].abs(),
-                step,
-            );
+            summary.scalar("train/loss", 1.4 * (-t).exp() + 0.1 * noise(1, step + 1)[0].abs(), step);
             if step % 20 == 19 {
                 summary.scalar("eval/loss", 1.3 * (-t).exp() + 0.2, step);
                 summary.scalar("eval/accuracy", 1.0 - 0.7 * (-t).exp(), step);
@@ -830,11 +589,7 @@ fn demo_logdir() {
                 summary.histogram("weights/embedding_table", &weights, step);
             }
         }
-        summary.text(
-            "run/config",
-            &format!("**optimizer** `{optimizer}`, lr {lr}\n\n| k | v |\n|---|---|\n| dim | 64 |"),
-            0,
-        );
+        summary.text("run/config", &format!("**optimizer** `{optimizer}`, lr {lr}\n\n| k | v |\n|---|---|\n| dim | 64 |"), 0);
         summary.close();
         let words: Vec<String> = (0..50).map(|i| format!("word{i}")).collect();
         write_projector(&dir, &words, &noise(50 * 8, 11), 8).unwrap();
@@ -869,11 +624,7 @@ fn io_errors_never_panic() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("child survived"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success() && stdout.contains("child survived"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let file = &event_files(tmp.path())[0];
     let len = std::fs::metadata(file).unwrap().len();
     assert!(len > 0 && len <= 4096, "the limit was hit: {len} bytes");

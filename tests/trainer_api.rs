@@ -30,7 +30,11 @@ fn split() -> Split {
     let pairs: Vec<(String, String)> = text.lines().map(|l| l.split_once('\t').unwrap()).map(|(a, b)| (a.to_string(), b.to_string())).collect();
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for (i, p) in pairs.into_iter().enumerate() {
-        if i % 4 == 0 { test.push(p) } else { train.push(p) }
+        if i % 4 == 0 {
+            test.push(p)
+        } else {
+            train.push(p)
+        }
     }
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, v: &[(String, String)]| std::fs::write(dir.path().join(name), v.iter().map(|(l, t)| format!("{l}\t{t}\n")).collect::<String>()).unwrap();

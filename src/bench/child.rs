@@ -157,7 +157,11 @@ fn reap(pid: u32) -> std::io::Result<(i32, sys::Rusage)> {
 pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf takes a plain integer and has no memory effects.
     let hz = unsafe { sys::sysconf(sys::SC_CLK_TCK) };
-    if hz > 0 { hz as f64 } else { 100.0 }
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
 }
 
 /// Runs `command` to completion and measures it. `on_poll(elapsed)` is called

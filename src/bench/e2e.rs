@@ -171,9 +171,7 @@ impl Watcher {
             self.first_record = Some(at);
             self.record_train_seconds = Some(seconds);
         }
-        let staging = std::fs::read_dir(self.run_dir.join("checkpoints"))
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with('.')))
-            .unwrap_or(false);
+        let staging = std::fs::read_dir(self.run_dir.join("checkpoints")).map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with('.'))).unwrap_or(false);
         match (staging, self.staging_since) {
             (true, None) => self.staging_since = Some(at),
             (false, Some(since)) => {
@@ -225,7 +223,11 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
-    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
 }
 
 /// Runs `binary train CONFIG --set … --run-dir <fresh>` once and measures it.

@@ -168,7 +168,11 @@ fn update_bytes(optimizer: &dyn TableOptimizer, rows: usize, touched: f64, dim: 
     let per_row = optimizer.per_row_state();
     let state_row: f64 = optimizer.state().iter().filter(|(name, _)| per_row.contains(name)).map(|(_, d)| d.bytes() as f64 / rows as f64).sum();
     let visit = 2.0 * (row + state_row);
-    if optimizer.updates_only_grad_rows() { touched * (row + visit) } else { rows as f64 * visit + touched * row }
+    if optimizer.updates_only_grad_rows() {
+        touched * (row + visit)
+    } else {
+        rows as f64 * visit + touched * row
+    }
 }
 
 /// Knuth's multiplicative constant: a prime, so `rank·P mod rows` is a
@@ -337,14 +341,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
             let bytes = update_bytes(optimizer.as_ref(), size.rows, touched, dim);
             let gb_per_s = bytes / (step.median_ms / 1e3) / 1e9;
             let updated = if dense { size.rows as f64 } else { touched };
-            log::info!(
-                "  {:>10} rows {:<20} {:>9.3} ms/step (median of {timed}), {:.0} rows touched, {:.2} GB/s",
-                size.rows,
-                config.name(),
-                step.median_ms,
-                touched,
-                gb_per_s
-            );
+            log::info!("  {:>10} rows {:<20} {:>9.3} ms/step (median of {timed}), {:.0} rows touched, {:.2} GB/s", size.rows, config.name(), step.median_ms, touched, gb_per_s);
             runs.push(OptimRun {
                 rows: size.rows,
                 optimizer: config.name().into(),
@@ -373,15 +370,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
     }
     let targets = targets(&runs, triad.as_ref());
     let other_processes_cpu = cpu_start.and_then(|c| c.others_since());
-    Ok(OptimReport {
-        machine,
-        args: args.clone(),
-        triad,
-        triad_runs: [triad_before, triad_after].into_iter().flatten().collect(),
-        runs,
-        targets,
-        other_processes_cpu,
-    })
+    Ok(OptimReport { machine, args: args.clone(), triad, triad_runs: [triad_before, triad_after].into_iter().flatten().collect(), runs, targets, other_processes_cpu })
 }
 
 fn find<'a>(runs: &'a [OptimRun], optimizer: &str, rows: usize) -> Option<&'a OptimRun> {
@@ -402,12 +391,7 @@ fn targets(runs: &[OptimRun], triad: Option<&TriadResult>) -> Vec<Target> {
         && big.rows > small.rows
     {
         let ratio = big.optimizer_step.median_ms / small.optimizer_step.median_ms;
-        out.push(Target {
-            name: format!("lazy_adam ms/step at {} rows ÷ at {} rows", big.rows, small.rows),
-            value: ratio,
-            target: "≤ 1.2".into(),
-            met: ratio <= 1.2,
-        });
+        out.push(Target { name: format!("lazy_adam ms/step at {} rows ÷ at {} rows", big.rows, small.rows), value: ratio, target: "≤ 1.2".into(), met: ratio <= 1.2 });
         // Zipf over more rows touches more distinct rows per batch: the same
         // ratio per touched row shows what table size alone costs.
         let per_row = (big.optimizer_step.median_ms / big.touched_rows) / (small.optimizer_step.median_ms / small.touched_rows);
@@ -451,13 +435,7 @@ fn print_report(r: &OptimReport) {
     }
     if let Some(t) = &r.triad {
         let all: Vec<String> = r.triad_runs.iter().map(|t| format!("{:.2}", t.gb_per_s)).collect();
-        println!(
-            "triad (3 × {:.2} GB f64, best of {} reps; before/after the optimizers {} GB/s): {:.2} GB/s",
-            t.bytes_per_array as f64 / 1e9,
-            t.reps,
-            all.join(" / "),
-            t.gb_per_s
-        );
+        println!("triad (3 × {:.2} GB f64, best of {} reps; before/after the optimizers {} GB/s): {:.2} GB/s", t.bytes_per_array as f64 / 1e9, t.reps, all.join(" / "), t.gb_per_s);
     }
     println!(
         "{:>10} {:<20} {:>5} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7} {:>7} {:>8} {:>8}",

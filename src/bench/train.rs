@@ -139,16 +139,8 @@ fn print_report(r: &TrainBenchReport) {
         "  step {:.3} ms = data {:.3} + bag fwd {:.3} + head fwd {:.3} + head bwd {:.3} + bag bwd {:.3} + table opt {:.3} + head opt {:.3}",
         r.step_ms, s.data_ms, s.bag_forward_ms, s.head_forward_ms, s.head_backward_ms, s.bag_backward_ms, s.table_optimizer_ms, s.head_optimizer_ms
     );
-    println!(
-        "  whole step: first {:.3} ms, then median {:.3} ms, p90 {:.3} ms",
-        o.step_time.first_ms, o.step_time.median_ms, o.step_time.p90_ms
-    );
-    println!(
-        "  peak RSS {:.2} GB = {:.3} × (table + state {:.2} GB)",
-        o.peak_rss_bytes as f64 / 1e9,
-        r.peak_rss_ratio,
-        r.table_and_state_bytes as f64 / 1e9
-    );
+    println!("  whole step: first {:.3} ms, then median {:.3} ms, p90 {:.3} ms", o.step_time.first_ms, o.step_time.median_ms, o.step_time.p90_ms);
+    println!("  peak RSS {:.2} GB = {:.3} × (table + state {:.2} GB)", o.peak_rss_bytes as f64 / 1e9, r.peak_rss_ratio, r.table_and_state_bytes as f64 / 1e9);
     println!(
         "  wall: loop {:.2} s, whole run {:.2} s (data prep, init, evaluation{})",
         o.train_seconds,
@@ -158,8 +150,5 @@ fn print_report(r: &TrainBenchReport) {
     if let Some(o) = r.other_processes_cpu {
         println!("  other processes used {:.0}% of the machine's CPU during the run", o * 100.0);
     }
-    println!(
-        "  accuracy: final {:.4} (top-{} {:.4}), best {:.4}",
-        o.final_eval.accuracy, o.final_eval.k, o.final_eval.top_k_accuracy, o.best_eval.accuracy
-    );
+    println!("  accuracy: final {:.4} (top-{} {:.4}), best {:.4}", o.final_eval.accuracy, o.final_eval.k, o.final_eval.top_k_accuracy, o.best_eval.accuracy);
 }

@@ -85,7 +85,11 @@ impl Observer for Progress {
 /// A loss with four decimals (`0.8123`), or four significant digits (`3.215e-5`) where
 /// four decimals would show `0.0000`.
 pub fn format_loss(x: f64) -> String {
-    if x != 0.0 && x.abs() < 1e-3 && x.is_finite() { format!("{x:.3e}") } else { format!("{x:.4}") }
+    if x != 0.0 && x.abs() < 1e-3 && x.is_finite() {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.4}")
+    }
 }
 
 /// `1h02m03s`, `2m03s`, `3s`.

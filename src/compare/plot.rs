@@ -141,12 +141,7 @@ where
 {
     let seeds = r.seeds.len();
     let caption = if seeds > 1 { format!("{}  (mean of {seeds} seeds, band: min–max)", title(r, spec)) } else { title(r, spec) };
-    let mut chart = ChartBuilder::on(&root)
-        .caption(caption, ("sans-serif", 20))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x, y)?;
+    let mut chart = ChartBuilder::on(&root).caption(caption, ("sans-serif", 20)).margin(16).x_label_area_size(48).y_label_area_size(64).build_cartesian_2d(x, y)?;
     let x_desc = match spec.x {
         XAxis::Step => "training step".to_string(),
         XAxis::Seconds => format!("training time, s{} (mean over seeds; evaluations excluded)", if log_x { ", log scale" } else { "" }),
@@ -191,13 +186,7 @@ where
         YAxis::Accuracy => SeriesLabelPosition::LowerRight,
         YAxis::Loss => SeriesLabelPosition::UpperRight,
     };
-    chart
-        .configure_series_labels()
-        .position(position)
-        .label_font(("sans-serif", 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(160, 160, 160))
-        .draw()?;
+    chart.configure_series_labels().position(position).label_font(("sans-serif", 15)).background_style(WHITE.mix(0.85)).border_style(RGBColor(160, 160, 160)).draw()?;
     root.present()
 }
 

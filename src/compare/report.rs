@@ -188,10 +188,7 @@ pub fn build(plan: &Plan, results: &[RunResult], ctx: &Context) -> Report {
                 metrics.insert(key.to_string(), s);
             }
             if arm.name != plan.baseline {
-                let diffs: Vec<f64> = seeds_ok
-                    .iter()
-                    .filter_map(|&s| Some(find(&arm.name, s)?.metrics[*key] - find(&plan.baseline, s)?.metrics[*key]))
-                    .collect();
+                let diffs: Vec<f64> = seeds_ok.iter().filter_map(|&s| Some(find(&arm.name, s)?.metrics[*key] - find(&plan.baseline, s)?.metrics[*key])).collect();
                 if let Some(p) = Paired::of(&diffs, plan.confidence) {
                     vs_baseline.insert(key.to_string(), p);
                 }
@@ -252,14 +249,20 @@ fn curve<'a>(runs: impl Iterator<Item = &'a RunResult>) -> Vec<CurvePoint> {
 /// Compares the batch-only facts of every arm's steps within `seed` against a
 /// reference arm (the baseline, or the first arm that logged anything).
 fn check_seed(plan: &Plan, results: &[RunResult], seed: u64) -> SeedCheck {
-    let mut arms: Vec<(&str, &[TrainPoint])> =
-        results.iter().filter(|r| r.seed == seed && !r.train.is_empty()).map(|r| (r.arm.as_str(), r.train.as_slice())).collect();
+    let mut arms: Vec<(&str, &[TrainPoint])> = results.iter().filter(|r| r.seed == seed && !r.train.is_empty()).map(|r| (r.arm.as_str(), r.train.as_slice())).collect();
     if let Some(i) = arms.iter().position(|(a, _)| *a == plan.baseline) {
         arms.swap(0, i);
     }
     let names: Vec<String> = arms.iter().map(|(a, _)| a.to_string()).collect();
     if arms.len() < 2 {
-        return SeedCheck { seed, arms: names, steps_compared: 0, same_batches: None, same_initial_loss: None, detail: "fewer than two arms logged steps: nothing to compare".into() };
+        return SeedCheck {
+            seed,
+            arms: names,
+            steps_compared: 0,
+            same_batches: None,
+            same_initial_loss: None,
+            detail: "fewer than two arms logged steps: nothing to compare".into(),
+        };
     }
     let (reference, ref_points) = arms[0];
     let reference_by_step: BTreeMap<u64, &TrainPoint> = ref_points.iter().map(|p| (p.step, p)).collect();
@@ -273,10 +276,8 @@ fn check_seed(plan: &Plan, results: &[RunResult], seed: u64) -> SeedCheck {
             compared.insert(p.step);
             if p.rows_touched != q.rows_touched || p.unique_ratio.to_bits() != q.unique_ratio.to_bits() {
                 batch_mismatches += 1;
-                mismatches.push(format!(
-                    "{arm} step {}: {} rows touched (ratio {}) vs {reference}: {} ({})",
-                    p.step, p.rows_touched, p.unique_ratio, q.rows_touched, q.unique_ratio
-                ));
+                mismatches
+                    .push(format!("{arm} step {}: {} rows touched (ratio {}) vs {reference}: {} ({})", p.step, p.rows_touched, p.unique_ratio, q.rows_touched, q.unique_ratio));
             }
             if p.step == 1 {
                 let same = p.loss.to_bits() == q.loss.to_bits();
@@ -305,7 +306,11 @@ fn check_seed(plan: &Plan, results: &[RunResult], seed: u64) -> SeedCheck {
 /// `digits` decimals, or scientific notation for numbers too large to read that way (a diverged loss).
 fn num(x: f64, digits: usize, sign: bool) -> String {
     if x.is_finite() && x.abs() >= 1e6 {
-        if sign { format!("{x:+.2e}") } else { format!("{x:.2e}") }
+        if sign {
+            format!("{x:+.2e}")
+        } else {
+            format!("{x:.2e}")
+        }
     } else if sign {
         format!("{x:+.digits$}")
     } else {
@@ -353,16 +358,18 @@ impl Table {
     }
 
     fn text(&self) -> String {
-        let w: Vec<usize> = (0..self.headers.len())
-            .map(|i| self.rows.iter().map(|r| r[i].chars().count()).chain([self.headers[i].chars().count()]).max().unwrap_or(0))
-            .collect();
+        let w: Vec<usize> = (0..self.headers.len()).map(|i| self.rows.iter().map(|r| r[i].chars().count()).chain([self.headers[i].chars().count()]).max().unwrap_or(0)).collect();
         let line = |cells: &[String]| {
             cells
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
                     let pad = w[i] - c.chars().count();
-                    if i == 0 { format!("{c}{}", " ".repeat(pad)) } else { format!("{}{c}", " ".repeat(pad)) }
+                    if i == 0 {
+                        format!("{c}{}", " ".repeat(pad))
+                    } else {
+                        format!("{}{c}", " ".repeat(pad))
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join("  ")
@@ -412,9 +419,8 @@ fn quality_table(r: &Report) -> Table {
 }
 
 fn cost_table(r: &Report) -> Table {
-    let headers = ["arm", "ms/step", "forward", "backward", "table opt", "head opt", "data", "rows/step", "opt state MB", "peak RSS MB", "train s", "wall s"]
-        .map(String::from)
-        .to_vec();
+    let headers =
+        ["arm", "ms/step", "forward", "backward", "table opt", "head opt", "data", "rows/step", "opt state MB", "peak RSS MB", "train s", "wall s"].map(String::from).to_vec();
     let rows = r
         .arms
         .iter()
@@ -446,7 +452,15 @@ fn runs_table(r: &Report) -> Table {
         .iter()
         .map(|run| {
             let m = |k: &str, d: usize| run.metrics.get(k).map_or("—".into(), |v| num(*v, d, false));
-            let status = if run.ok { if run.reused { "ok (reused)" } else { "ok" } } else { "FAILED" };
+            let status = if run.ok {
+                if run.reused {
+                    "ok (reused)"
+                } else {
+                    "ok"
+                }
+            } else {
+                "FAILED"
+            };
             vec![
                 run.arm.clone(),
                 run.seed.to_string(),
@@ -557,7 +571,11 @@ pub fn markdown(r: &Report, plots: &[(String, String)]) -> String {
 }
 
 pub(crate) fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 /// Long format: one row per arm × metric.

@@ -91,9 +91,7 @@ pub fn read_metrics(dir: &Path) -> anyhow::Result<(Vec<EvalPoint>, Vec<TrainPoin
     for record in run_dir::read_metrics(dir)? {
         match record {
             MetricsRecord::Eval(e) => evals.push(EvalPoint { step: e.step, accuracy: e.accuracy, loss: e.loss, train_seconds: e.train_seconds }),
-            MetricsRecord::Train(t) => {
-                trains.push(TrainPoint { step: t.step, rows_touched: t.rows_touched, unique_ratio: t.unique_ratio, loss: t.loss as f64 })
-            }
+            MetricsRecord::Train(t) => trains.push(TrainPoint { step: t.step, rows_touched: t.rows_touched, unique_ratio: t.unique_ratio, loss: t.loss as f64 }),
         }
     }
     Ok((evals, trains))
@@ -225,4 +223,3 @@ fn train_child(exe: &Path, config: &Config, dir: &Path) -> Result<RunOutcome, St
     }
     run_dir::read_summary(dir).map_err(|e| format!("{e:#}"))
 }
-

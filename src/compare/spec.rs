@@ -132,10 +132,7 @@ fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
 
 /// Names that are safe as one directory name and in every report format.
 fn check_arm_name(source: &str, name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        && !name.starts_with('.');
+    let ok = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) && !name.starts_with('.');
     if !ok {
         bail!("{source}: arm name {name:?} must be 1-64 characters of letters, digits, `_`, `-` or `.` (it names a directory)");
     }
@@ -163,8 +160,7 @@ pub fn plan(path: &Path, overrides: &[String]) -> anyhow::Result<Plan> {
             _ => unreachable!("apply_override keeps sections"),
         };
     }
-    let section: CompareSection = serde_path_to_error::deserialize(toml::Value::Table(compare))
-        .map_err(|e| anyhow::anyhow!("{source}: `compare.{}`: {}", e.path(), e.inner()))?;
+    let section: CompareSection = serde_path_to_error::deserialize(toml::Value::Table(compare)).map_err(|e| anyhow::anyhow!("{source}: `compare.{}`: {}", e.path(), e.inner()))?;
 
     let name = match &section.name {
         Some(n) => n.clone(),
@@ -248,16 +244,7 @@ pub fn plan(path: &Path, overrides: &[String]) -> anyhow::Result<Plan> {
         arms.push(Arm { name: arm.name.clone(), set: set.into_iter().collect(), configs });
     }
 
-    let plan = Plan {
-        source: path.to_path_buf(),
-        dir: arms[0].configs[0].logging.dir.join(&name),
-        name,
-        base,
-        seeds: section.seeds.clone(),
-        baseline,
-        confidence,
-        arms,
-    };
+    let plan = Plan { source: path.to_path_buf(), dir: arms[0].configs[0].logging.dir.join(&name), name, base, seeds: section.seeds.clone(), baseline, confidence, arms };
     check_only_optimizer_differs(&plan)?;
     Ok(plan)
 }

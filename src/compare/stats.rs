@@ -57,13 +57,7 @@ impl Summary {
         if xs.is_empty() {
             return None;
         }
-        Some(Summary {
-            n: xs.len(),
-            mean: mean(xs),
-            sd: sd(xs),
-            min: xs.iter().copied().fold(f64::INFINITY, f64::min),
-            max: xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        })
+        Some(Summary { n: xs.len(), mean: mean(xs), sd: sd(xs), min: xs.iter().copied().fold(f64::INFINITY, f64::min), max: xs.iter().copied().fold(f64::NEG_INFINITY, f64::max) })
     }
 }
 
@@ -106,16 +100,7 @@ impl Paired {
             }
             _ => None,
         };
-        Some(Paired {
-            n,
-            mean: m,
-            sd: s,
-            level,
-            t_crit,
-            ci_low: half.map(|h| m - h),
-            ci_high: half.map(|h| m + h),
-            p_value,
-        })
+        Some(Paired { n, mean: m, sd: s, level, t_crit, ci_low: half.map(|h| m - h), ci_high: half.map(|h| m + h), p_value })
     }
 }
 

@@ -189,10 +189,7 @@ fn tokenize_in_blocks(path: &Path, format: DataFormat, strict: bool, tokenizer: 
         }
         out.identity.size += block.len() as u64;
         let lines: Vec<&[u8]> = block.split_inclusive(|&b| b == b'\n').collect();
-        let (_, chunks) = rayon::join(
-            || hasher.update(&block),
-            || lines.par_chunks(LINES_PER_TASK).map(|l| tokenize_lines(l, format, tokenizer)).collect::<Vec<_>>(),
-        );
+        let (_, chunks) = rayon::join(|| hasher.update(&block), || lines.par_chunks(LINES_PER_TASK).map(|l| tokenize_lines(l, format, tokenizer)).collect::<Vec<_>>());
         for chunk in chunks {
             merge(&mut out, chunk, path, strict, interner)?;
         }
@@ -201,11 +198,7 @@ fn tokenize_in_blocks(path: &Path, format: DataFormat, strict: bool, tokenizer: 
         }
     }
     let meta = file.metadata().with_context(|| format!("reading the metadata of {}", path.display()))?;
-    out.identity.mtime_unix_ns = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64);
+    out.identity.mtime_unix_ns = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as u64);
     out.identity.sha256 = format!("{:x}", hasher.finalize());
     Ok(out)
 }

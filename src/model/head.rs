@@ -148,13 +148,23 @@ impl<B: Backend> Head<B> {
         let last = self.layers.len() - 1;
         self.layers.iter().enumerate().fold(pooled, |x, (i, layer)| {
             let y = layer.forward(x);
-            if i < last { relu(y) } else { y }
+            if i < last {
+                relu(y)
+            } else {
+                y
+            }
         })
     }
 
     /// `(in, out)` of every layer, read from the parameters themselves.
     pub fn layer_shapes(&self) -> Vec<(usize, usize)> {
-        self.layers.iter().map(|l| { let [i, o] = l.weight.dims(); (i, o) }).collect()
+        self.layers
+            .iter()
+            .map(|l| {
+                let [i, o] = l.weight.dims();
+                (i, o)
+            })
+            .collect()
     }
 
     /// Copies the parameters out as plain arrays (for export and checks).

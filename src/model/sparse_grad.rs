@@ -55,10 +55,7 @@ impl SparseGrad {
     pub fn from_duplicates(dim: usize, rows: &[u32], values: &[f32]) -> Self {
         assert_eq!(values.len(), rows.len() * dim, "values must be rows.len() * dim");
         let mut grad = SparseGrad::new(dim);
-        grad.coalesce(
-            |pairs| pairs.extend(rows.iter().enumerate().map(|(k, &r)| (r, k as u32))),
-            |k| (1.0, &values[k * dim..(k + 1) * dim]),
-        );
+        grad.coalesce(|pairs| pairs.extend(rows.iter().enumerate().map(|(k, &r)| (r, k as u32))), |k| (1.0, &values[k * dim..(k + 1) * dim]));
         grad
     }
 
@@ -67,11 +64,7 @@ impl SparseGrad {
     /// `(scale, values) = contribution(source)`; a row's contributions are
     /// summed in the order `fill` pushed them (so the result is deterministic),
     /// in parallel over rows.
-    pub(crate) fn coalesce<'a>(
-        &mut self,
-        fill: impl FnOnce(&mut Vec<(u32, u32)>),
-        contribution: impl Fn(usize) -> (f32, &'a [f32]) + Sync,
-    ) {
+    pub(crate) fn coalesce<'a>(&mut self, fill: impl FnOnce(&mut Vec<(u32, u32)>), contribution: impl Fn(usize) -> (f32, &'a [f32]) + Sync) {
         let dim = self.dim;
         self.order.clear();
         fill(&mut self.order);
@@ -92,24 +85,20 @@ impl SparseGrad {
         self.values.resize(self.rows.len() * dim, 0.0);
         let order = &self.order;
         let segments = &self.segments;
-        self.values
-            .par_chunks_mut(dim)
-            .with_min_len(ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(u, out)| {
-                let occurrences = &order[segments[u]..segments[u + 1]];
-                // The first occurrence is stored, the others added: no zeroing pass.
-                let (scale, g) = contribution(occurrences[0].1 as usize);
+        self.values.par_chunks_mut(dim).with_min_len(ROWS_PER_TASK).enumerate().for_each(|(u, out)| {
+            let occurrences = &order[segments[u]..segments[u + 1]];
+            // The first occurrence is stored, the others added: no zeroing pass.
+            let (scale, g) = contribution(occurrences[0].1 as usize);
+            for (o, g) in out.iter_mut().zip(&g[..dim]) {
+                *o = scale * g;
+            }
+            for &(_, k) in &occurrences[1..] {
+                let (scale, g) = contribution(k as usize);
                 for (o, g) in out.iter_mut().zip(&g[..dim]) {
-                    *o = scale * g;
+                    *o += scale * g;
                 }
-                for &(_, k) in &occurrences[1..] {
-                    let (scale, g) = contribution(k as usize);
-                    for (o, g) in out.iter_mut().zip(&g[..dim]) {
-                        *o += scale * g;
-                    }
-                }
-            });
+            }
+        });
     }
 }
 

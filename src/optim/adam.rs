@@ -148,11 +148,15 @@ impl AdamBook {
             return None;
         }
         let config = self.config;
-        Some(rows.iter().map(|&r| {
-            let k = &mut self.row_steps[r as usize];
-            *k += 1;
-            config.step_size(lr as f64, *k as u64)
-        }).collect())
+        Some(
+            rows.iter()
+                .map(|&r| {
+                    let k = &mut self.row_steps[r as usize];
+                    *k += 1;
+                    config.step_size(lr as f64, *k as u64)
+                })
+                .collect(),
+        )
     }
 
     /// The decay each of `rows` missed, this step's included; moves their marks
@@ -229,13 +233,7 @@ impl AdamState {
 /// then `row_steps` (when non-empty) and `log_decay`, `row_log_decay` (when
 /// `decay` is given). The host optimizers and the device table both use it, so
 /// either reads the other's checkpoints.
-pub fn adam_state_arrays<'a>(
-    step: &'a u64,
-    m: &'a [f32],
-    v: &'a [f32],
-    row_steps: &'a [u32],
-    decay: Option<(&'a f64, &'a [f64])>,
-) -> Vec<(&'static str, StateData<'a>)> {
+pub fn adam_state_arrays<'a>(step: &'a u64, m: &'a [f32], v: &'a [f32], row_steps: &'a [u32], decay: Option<(&'a f64, &'a [f64])>) -> Vec<(&'static str, StateData<'a>)> {
     let mut s = vec![("step", StateData::U64(std::slice::from_ref(step))), ("m", StateData::F32(m)), ("v", StateData::F32(v))];
     if !row_steps.is_empty() {
         s.push(("row_steps", StateData::U32(row_steps)));

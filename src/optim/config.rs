@@ -46,12 +46,20 @@ impl InvalidKey {
 
 /// `key` must be finite and > 0 (a learning rate, an ε).
 pub fn positive(key: &'static str, v: f64) -> Result<(), InvalidKey> {
-    if v.is_finite() && v > 0.0 { Ok(()) } else { Err(InvalidKey::new(key, format!("must be a positive number, got {v}"))) }
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(InvalidKey::new(key, format!("must be a positive number, got {v}")))
+    }
 }
 
 /// `key` must be in [0, 1) (a β).
 pub fn unit(key: &'static str, v: f64) -> Result<(), InvalidKey> {
-    if (0.0..1.0).contains(&v) { Ok(()) } else { Err(InvalidKey::new(key, format!("must be in [0, 1), got {v}"))) }
+    if (0.0..1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(InvalidKey::new(key, format!("must be in [0, 1), got {v}")))
+    }
 }
 
 /// Decoupled weight decay multiplies by `1 − lr·wd` each step: that must stay in (0, 1].

@@ -104,7 +104,11 @@ impl LazyDecay {
 
     /// Bytes of state for `rows` rows: the marks and the running sum.
     pub(super) fn state_bytes(weight_decay: f64, rows: usize) -> u64 {
-        if weight_decay != 0.0 { rows as u64 * 8 + 8 } else { 0 }
+        if weight_decay != 0.0 {
+            rows as u64 * 8 + 8
+        } else {
+            0
+        }
     }
 }
 

@@ -10,8 +10,8 @@
 use std::marker::PhantomData;
 
 use crate::mem::prefetch;
-use crate::par::for_each_claimed;
 use crate::model::SparseGrad;
+use crate::par::for_each_claimed;
 
 /// Rows per task of the lazy update: large enough to amortise claiming a
 /// task, small enough (~10–20 µs) that a thread joining late waits little.

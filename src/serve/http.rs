@@ -243,7 +243,12 @@ impl Drop for Server {
 /// (`axum::serve` cannot set hyper's header read timeout: without one, a
 /// client that never finishes its headers holds its connection forever and
 /// blocks a graceful shutdown.)
-async fn serve_connections(listener: tokio::net::TcpListener, router: Router, (header_read_timeout, request_timeout): (Duration, Duration), shutdown: impl std::future::Future<Output = ()>) {
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    (header_read_timeout, request_timeout): (Duration, Duration),
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
@@ -503,7 +508,10 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
     if let Some(change) = loaded.predictor.table_file_changed() {
         app.store.unload(loaded.version, &format!("its memory-mapped table changed on disk ({change})"));
         metrics.record_error("model_changed");
-        return error(StatusCode::SERVICE_UNAVAILABLE, format!("model {:?} version {} changed on disk and was unloaded; retry once a version loads", app.store.name, loaded.version));
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("model {:?} version {} changed on disk and was unloaded; retry once a version loads", app.store.name, loaded.version),
+        );
     }
     if let Some(v) = version.filter(|&v| v != loaded.version) {
         metrics.record_error("unknown_version");
@@ -537,10 +545,7 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
     };
     if texts.len() > app.config.max_instances {
         metrics.record_error("too_many_instances");
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{} instances is more than the limit of {} per request: split the request", texts.len(), app.config.max_instances),
-        );
+        return error(StatusCode::PAYLOAD_TOO_LARGE, format!("{} instances is more than the limit of {} per request: split the request", texts.len(), app.config.max_instances));
     }
 
     let n = texts.len();
@@ -567,7 +572,10 @@ async fn predict(app: &Arc<App>, version: Option<u64>, request: Request) -> Resp
     if let Some(change) = loaded.predictor.table_file_changed() {
         app.store.unload(loaded.version, &format!("its memory-mapped table changed on disk during a request ({change})"));
         metrics.record_error("model_changed");
-        return error(StatusCode::SERVICE_UNAVAILABLE, format!("model {:?} version {} changed on disk and was unloaded; retry once a version loads", app.store.name, loaded.version));
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("model {:?} version {} changed on disk and was unloaded; retry once a version loads", app.store.name, loaded.version),
+        );
     }
     metrics.batch_size.observe(n as f64);
     metrics.instances.fetch_add(n as u64, Relaxed);

@@ -71,7 +71,11 @@ mod imp {
     fn page_size() -> usize {
         // SAFETY: sysconf has no preconditions.
         let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        if size > 0 { size as usize } else { 4096 }
+        if size > 0 {
+            size as usize
+        } else {
+            4096
+        }
     }
 
     fn install_handler() -> anyhow::Result<()> {
@@ -107,16 +111,7 @@ mod imp {
             // SAFETY: [start, start + len) is a live mapping owned by a registered guard
             // (guards unregister before their mapping is unmapped); MAP_FIXED replaces it
             // in place with private zero pages, so the restarted read succeeds.
-            let mapped = unsafe {
-                libc::mmap(
-                    start as *mut libc::c_void,
-                    len,
-                    libc::PROT_READ,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                    -1,
-                    0,
-                )
-            };
+            let mapped = unsafe { libc::mmap(start as *mut libc::c_void, len, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED, -1, 0) };
             if mapped != libc::MAP_FAILED {
                 slot.faulted.store(true, Ordering::Release);
                 return;

@@ -48,9 +48,7 @@ impl Histogram {
 }
 
 /// Request latency buckets, seconds: 50 µs … 10 s.
-pub const LATENCY_BOUNDS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub const LATENCY_BOUNDS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// Instances per predict request.
 pub const BATCH_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
 
@@ -132,8 +130,16 @@ impl Metrics {
             "# HELP sparseburn_model_version Version being served (0: none loaded).\n# TYPE sparseburn_model_version gauge\nsparseburn_model_version{{model=\"{name}\"}} {}",
             model.version.unwrap_or(0)
         );
-        let _ = writeln!(out, "# HELP sparseburn_model_table_rows Rows of the served table.\n# TYPE sparseburn_model_table_rows gauge\nsparseburn_model_table_rows{{model=\"{name}\"}} {}", model.rows);
-        let _ = writeln!(out, "# HELP sparseburn_model_labels Labels of the served model.\n# TYPE sparseburn_model_labels gauge\nsparseburn_model_labels{{model=\"{name}\"}} {}", model.labels);
+        let _ = writeln!(
+            out,
+            "# HELP sparseburn_model_table_rows Rows of the served table.\n# TYPE sparseburn_model_table_rows gauge\nsparseburn_model_table_rows{{model=\"{name}\"}} {}",
+            model.rows
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sparseburn_model_labels Labels of the served model.\n# TYPE sparseburn_model_labels gauge\nsparseburn_model_labels{{model=\"{name}\"}} {}",
+            model.labels
+        );
         out
     }
 }

@@ -91,7 +91,6 @@ pub struct ServeArgs {
     pub workers: usize,
 }
 
-
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let predictor = Predictor::load_with(&args.model, &LoadOptions { verify_checksums: !args.no_verify, copy_table_max_bytes: args.copy_table_max_mib.saturating_mul(1 << 20) })?;
     log::info!(

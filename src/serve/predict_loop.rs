@@ -32,18 +32,11 @@ pub fn run(predictor: &Predictor, top_k: usize, max_line_bytes: usize, mut input
             return Ok(stats);
         };
         stats.lines += 1;
-        let mut reply = if fits {
-            answer(predictor, top_k, &line)
-        } else {
-            Reply::error(format!("longer than the limit of {max_line_bytes} bytes (--max-line-bytes)"))
-        };
+        let mut reply = if fits { answer(predictor, top_k, &line) } else { Reply::error(format!("longer than the limit of {max_line_bytes} bytes (--max-line-bytes)")) };
         // A mapped table whose file changed (or was truncated: its reads gave zeros)
         // must not answer: stop with an error instead of printing wrong predictions.
         if let Some(change) = predictor.table_file_changed() {
-            return Err(std::io::Error::other(format!(
-                "line {}: the model's table file changed on disk while predicting ({change}); restart with the new bundle",
-                stats.lines
-            )));
+            return Err(std::io::Error::other(format!("line {}: the model's table file changed on disk while predicting ({change}); restart with the new bundle", stats.lines)));
         }
         if let Some(e) = &mut reply.error {
             *e = format!("line {}: {e}", stats.lines);
@@ -155,7 +148,11 @@ mod tests {
             .split_inclusive(|&b| b == b'\n')
             .map(|l| {
                 let body = l.len() - l.ends_with(b"\n") as usize;
-                if body <= limit { (true, l.to_vec()) } else { (false, Vec::new()) }
+                if body <= limit {
+                    (true, l.to_vec())
+                } else {
+                    (false, Vec::new())
+                }
             })
             .collect();
         assert_eq!(got.len(), want.len());

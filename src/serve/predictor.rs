@@ -229,14 +229,7 @@ impl Predictor {
         let m = &manifest.model;
         let table_view = tensors.tensor("table").map_err(|_| anyhow::anyhow!("{}: no `table` tensor", model_path.display()))?;
         if table_view.dtype() != Dtype::F32 || table_view.shape() != [m.rows, m.dim] {
-            bail!(
-                "{}: `table` is {:?} {:?}, the manifest says F32 [{}, {}]",
-                model_path.display(),
-                table_view.dtype(),
-                table_view.shape(),
-                m.rows,
-                m.dim
-            );
+            bail!("{}: `table` is {:?} {:?}, the manifest says F32 [{}, {}]", model_path.display(), table_view.dtype(), table_view.shape(), m.rows, m.dim);
         }
         let table_bytes = table_view.data();
         let start = table_bytes.as_ptr() as usize - data.as_ptr() as usize;

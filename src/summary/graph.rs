@@ -42,17 +42,12 @@ impl GraphSpec {
         let mut width = self.dim;
         for (i, &(fan_in, fan_out)) in self.head_layers.iter().enumerate() {
             if fan_in != width {
-                out.push(format!(
-                    "head layer {i} takes {fan_in} inputs but receives {width}"
-                ));
+                out.push(format!("head layer {i} takes {fan_in} inputs but receives {width}"));
             }
             width = fan_out;
         }
         if width != self.num_labels {
-            out.push(format!(
-                "head emits {width} logits for {} labels",
-                self.num_labels
-            ));
+            out.push(format!("head emits {width} logits for {} labels", self.num_labels));
         }
         out
     }
@@ -72,17 +67,8 @@ pub fn build_graph(spec: &GraphSpec) -> GraphDef {
     let mut nodes = Vec::new();
 
     // Inputs: a batch of bags as flat ids plus one offset per bag (EmbeddingBag layout).
-    for (name, shape) in [
-        ("input/ids", [-1]),
-        ("input/offsets", [batch]),
-        ("input/labels", [batch]),
-    ] {
-        nodes.push(
-            Node::new(name, "Placeholder", cpu)
-                .attr("dtype", dtype(DataType::DT_INT64))
-                .attr("shape", shape_attr(&shape))
-                .outputs(&[&shape]),
-        );
+    for (name, shape) in [("input/ids", [-1]), ("input/offsets", [batch]), ("input/labels", [batch])] {
+        nodes.push(Node::new(name, "Placeholder", cpu).attr("dtype", dtype(DataType::DT_INT64)).attr("shape", shape_attr(&shape)).outputs(&[&shape]));
     }
 
     // The sparse part lives in host memory.
@@ -115,21 +101,12 @@ pub fn build_graph(spec: &GraphSpec) -> GraphDef {
                 .outputs(&[&[batch, fan_out]]),
         );
         nodes.push(
-            Node::new(&bias_add, "BiasAdd", dense)
-                .inputs(&[&matmul, &bias])
-                .attr("T", dtype(DataType::DT_FLOAT))
-                .attr("data_format", string("NHWC"))
-                .outputs(&[&[batch, fan_out]]),
+            Node::new(&bias_add, "BiasAdd", dense).inputs(&[&matmul, &bias]).attr("T", dtype(DataType::DT_FLOAT)).attr("data_format", string("NHWC")).outputs(&[&[batch, fan_out]]),
         );
         prev = bias_add;
         if i + 1 < spec.head_layers.len() {
             let relu = format!("head/relu_{i}");
-            nodes.push(
-                Node::new(&relu, "Relu", dense)
-                    .inputs(&[&prev])
-                    .attr("T", dtype(DataType::DT_FLOAT))
-                    .outputs(&[&[batch, fan_out]]),
-            );
+            nodes.push(Node::new(&relu, "Relu", dense).inputs(&[&prev]).attr("T", dtype(DataType::DT_FLOAT)).outputs(&[&[batch, fan_out]]));
             prev = relu;
         }
         head_params.push((weight, vec![fan_in, fan_out]));
@@ -139,24 +116,17 @@ pub fn build_graph(spec: &GraphSpec) -> GraphDef {
     // Output 0: per-example loss, output 1: gradient w.r.t. the logits (as in TF).
     let labels = spec.num_labels as i64;
     nodes.push(
-        Node::new(
-            "loss/softmax_cross_entropy",
-            "SparseSoftmaxCrossEntropyWithLogits",
-            dense,
-        )
-        .inputs(&[&prev, "input/labels"])
-        .attr("T", dtype(DataType::DT_FLOAT))
-        .attr("Tlabels", dtype(DataType::DT_INT64))
-        .outputs(&[&[batch], &[batch, labels]]),
+        Node::new("loss/softmax_cross_entropy", "SparseSoftmaxCrossEntropyWithLogits", dense)
+            .inputs(&[&prev, "input/labels"])
+            .attr("T", dtype(DataType::DT_FLOAT))
+            .attr("Tlabels", dtype(DataType::DT_INT64))
+            .outputs(&[&[batch], &[batch, labels]]),
     );
 
     // Backward: the head's backprop yields the gradient w.r.t. the pooled bags
     // (output 0) and one gradient per head parameter (outputs 1..); the bag's
     // backprop turns the former into sparse rows (values, row ids) on the host.
-    let mut grad_inputs = vec![
-        "loss/softmax_cross_entropy:1".to_string(),
-        "embedding/bag_pool".into(),
-    ];
+    let mut grad_inputs = vec!["loss/softmax_cross_entropy:1".to_string(), "embedding/bag_pool".into()];
     grad_inputs.extend(head_params.iter().map(|(name, _)| name.clone()));
     let mut grad_shapes = vec![vec![batch, dim]];
     grad_shapes.extend(head_params.iter().map(|(_, shape)| shape.clone()));
@@ -181,12 +151,7 @@ pub fn build_graph(spec: &GraphSpec) -> GraphDef {
     let (table_opt, head_opt) = optimizer_names(&spec.table_optimizer, &spec.head_optimizer);
     nodes.push(
         Node::new(&table_opt, &camel_case(&spec.table_optimizer), cpu)
-            .inputs(&[
-                "embedding/table",
-                "gradients/bag_pool_grad",
-                "gradients/bag_pool_grad:1",
-                "^gradients/head_grad",
-            ])
+            .inputs(&["embedding/table", "gradients/bag_pool_grad", "gradients/bag_pool_grad:1", "^gradients/head_grad"])
             .attr("T", dtype(DataType::DT_FLOAT))
             .outputs(&[&table_shape]),
     );
@@ -197,62 +162,35 @@ pub fn build_graph(spec: &GraphSpec) -> GraphDef {
         Node::new(&head_opt, &camel_case(&spec.head_optimizer), dense)
             .inputs(&opt_inputs.iter().map(String::as_str).collect::<Vec<_>>())
             .attr("T", dtype(DataType::DT_FLOAT))
-            .outputs(
-                &head_params
-                    .iter()
-                    .map(|(_, s)| s.as_slice())
-                    .collect::<Vec<_>>(),
-            ),
+            .outputs(&head_params.iter().map(|(_, s)| s.as_slice()).collect::<Vec<_>>()),
     );
 
     // The step ends when both optimizers have run (TF's `tf.group` train op).
-    nodes.push(
-        Node::new(STEP_DONE, "NoOp", cpu)
-            .inputs(&[&format!("^{table_opt}"), &format!("^{head_opt}")])
-            .outputs(&[]),
-    );
+    nodes.push(Node::new(STEP_DONE, "NoOp", cpu).inputs(&[&format!("^{table_opt}"), &format!("^{head_opt}")]).outputs(&[]));
     // The next step's lookup reads the table only after this step updated it.
     for (name, shape) in [("next_step/input/ids", [-1]), ("next_step/input/offsets", [batch])] {
-        nodes.push(
-            Node::new(name, "Placeholder", cpu)
-                .attr("dtype", dtype(DataType::DT_INT64))
-                .attr("shape", shape_attr(&shape))
-                .outputs(&[&shape]),
-        );
+        nodes.push(Node::new(name, "Placeholder", cpu).attr("dtype", dtype(DataType::DT_INT64)).attr("shape", shape_attr(&shape)).outputs(&[&shape]));
     }
     nodes.push(
         Node::new("next_step/bag_pool", "EmbeddingBag", cpu)
-            .inputs(&[
-                "embedding/table",
-                "next_step/input/ids",
-                "next_step/input/offsets",
-                &format!("^{table_opt}"),
-            ])
+            .inputs(&["embedding/table", "next_step/input/ids", "next_step/input/offsets", &format!("^{table_opt}")])
             .attr("T", dtype(DataType::DT_FLOAT))
             .attr("pooling", string(&spec.pooling))
             .outputs(&[&[batch, dim]]),
     );
     // Evaluation reads the table and head as the step it reports left them.
-    nodes.push(
-        Node::new("eval/input", "Placeholder", cpu)
-            .attr("dtype", dtype(DataType::DT_STRING))
-            .attr("shape", shape_attr(&[-1]))
-            .outputs(&[&[-1]]),
-    );
+    nodes.push(Node::new("eval/input", "Placeholder", cpu).attr("dtype", dtype(DataType::DT_STRING)).attr("shape", shape_attr(&[-1])).outputs(&[&[-1]]));
     let mut eval_inputs = vec!["embedding/table".to_string(), "eval/input".into()];
     eval_inputs.extend(head_params.iter().map(|(name, _)| name.clone()));
     eval_inputs.push(format!("^{STEP_DONE}"));
-    nodes.push(
-        Node::new("eval/evaluate", "Evaluate", dense)
-            .inputs(&eval_inputs.iter().map(String::as_str).collect::<Vec<_>>())
-            .attr("T", dtype(DataType::DT_FLOAT))
-            .outputs(&[&[], &[], &[]]),
-    );
+    nodes.push(Node::new("eval/evaluate", "Evaluate", dense).inputs(&eval_inputs.iter().map(String::as_str).collect::<Vec<_>>()).attr("T", dtype(DataType::DT_FLOAT)).outputs(&[
+        &[],
+        &[],
+        &[],
+    ]));
 
     let mut graph = GraphDef::new();
-    graph.set_node(RepeatedField::from_vec(
-        nodes.into_iter().map(|n| n.0).collect(),
-    ));
+    graph.set_node(RepeatedField::from_vec(nodes.into_iter().map(|n| n.0).collect()));
     let mut versions = VersionDef::new();
     versions.set_producer(PRODUCER);
     graph.set_versions(versions);
@@ -267,16 +205,11 @@ pub fn encode_graph(graph: &GraphDef) -> Vec<u8> {
     let mut out = Vec::new();
     let mut os = CodedOutputStream::vec(&mut out);
     for node in graph.get_node() {
-        os.write_bytes(1, &encode_node(node))
-            .expect("writing to a Vec cannot fail");
+        os.write_bytes(1, &encode_node(node)).expect("writing to a Vec cannot fail");
     }
     if graph.has_versions() {
-        let versions = graph
-            .get_versions()
-            .write_to_bytes()
-            .expect("VersionDef is always valid");
-        os.write_bytes(4, &versions)
-            .expect("writing to a Vec cannot fail");
+        let versions = graph.get_versions().write_to_bytes().expect("VersionDef is always valid");
+        os.write_bytes(4, &versions).expect("writing to a Vec cannot fail");
     }
     os.flush().expect("writing to a Vec cannot fail");
     drop(os);
@@ -294,17 +227,11 @@ fn encode_node(node: &NodeDef) -> Vec<u8> {
     for (key, value) in attrs {
         let mut entry = Vec::new();
         let mut es = CodedOutputStream::vec(&mut entry);
-        es.write_string(1, key)
-            .expect("writing to a Vec cannot fail");
-        es.write_bytes(
-            2,
-            &value.write_to_bytes().expect("AttrValue is always valid"),
-        )
-        .expect("writing to a Vec cannot fail");
+        es.write_string(1, key).expect("writing to a Vec cannot fail");
+        es.write_bytes(2, &value.write_to_bytes().expect("AttrValue is always valid")).expect("writing to a Vec cannot fail");
         es.flush().expect("writing to a Vec cannot fail");
         drop(es);
-        os.write_bytes(5, &entry)
-            .expect("writing to a Vec cannot fail");
+        os.write_bytes(5, &entry).expect("writing to a Vec cannot fail");
     }
     os.flush().expect("writing to a Vec cannot fail");
     drop(os);
@@ -323,9 +250,7 @@ impl Node {
         Node(node)
     }
     fn inputs(mut self, inputs: &[&str]) -> Self {
-        self.0
-            .mut_input()
-            .extend(inputs.iter().map(|s| s.to_string()));
+        self.0.mut_input().extend(inputs.iter().map(|s| s.to_string()));
         self
     }
     fn attr(mut self, key: &str, value: AttrValue) -> Self {
@@ -343,10 +268,7 @@ impl Node {
 }
 
 fn variable(name: &str, dims: &[i64], device: &str) -> Node {
-    Node::new(name, "VariableV2", device)
-        .attr("dtype", dtype(DataType::DT_FLOAT))
-        .attr("shape", shape_attr(dims))
-        .outputs(&[dims])
+    Node::new(name, "VariableV2", device).attr("dtype", dtype(DataType::DT_FLOAT)).attr("shape", shape_attr(dims)).outputs(&[dims])
 }
 
 fn shape(dims: &[i64]) -> TensorShapeProto {
@@ -387,10 +309,7 @@ fn boolean(b: bool) -> AttrValue {
 fn optimizer_names(table: &str, head: &str) -> (String, String) {
     let (table, head) = (node_name_part(table), node_name_part(head));
     if table == head {
-        (
-            format!("optimizer/{table}_table"),
-            format!("optimizer/{head}_head"),
-        )
+        (format!("optimizer/{table}_table"), format!("optimizer/{head}_head"))
     } else {
         (format!("optimizer/{table}"), format!("optimizer/{head}"))
     }
@@ -398,16 +317,7 @@ fn optimizer_names(table: &str, head: &str) -> (String, String) {
 
 /// TF node names allow `[A-Za-z0-9_.-]` within a scope.
 fn node_name_part(s: &str) -> String {
-    let cleaned: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let cleaned: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
     if cleaned.is_empty() {
         "unnamed".into()
     } else {
@@ -417,8 +327,5 @@ fn node_name_part(s: &str) -> String {
 
 /// "lazy_adam" → "LazyAdam", the way TF spells op types.
 fn camel_case(s: &str) -> String {
-    s.split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
-        .collect()
+    s.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).map(|w| w[..1].to_ascii_uppercase() + &w[1..]).collect()
 }

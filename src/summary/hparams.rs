@@ -5,9 +5,7 @@ use protobuf::well_known_types::Value;
 use protobuf::{Message, RepeatedField};
 use tensorboard_proto::api::{DataType, Experiment, HParamInfo, MetricInfo, MetricName, Status};
 use tensorboard_proto::plugin_hparams::{HParamsPluginData, SessionEndInfo, SessionStartInfo};
-use tensorboard_proto::summary::{
-    Summary, Summary_Value, SummaryMetadata, SummaryMetadata_PluginData,
-};
+use tensorboard_proto::summary::{Summary, SummaryMetadata, SummaryMetadata_PluginData, Summary_Value};
 use tensorboard_proto::tensor::TensorProto;
 use tensorboard_proto::tensor_shape::{TensorShapeProto, TensorShapeProto_Dim};
 use tensorboard_proto::types::DataType as TensorDataType;
@@ -65,11 +63,7 @@ impl HParamValue {
 }
 
 /// `_hparams_/session_start_info`: this run's values. `group_name` makes the run its own row.
-pub fn session_start(
-    hparams: &[(String, HParamValue)],
-    group_name: &str,
-    start_time_secs: f64,
-) -> Summary {
+pub fn session_start(hparams: &[(String, HParamValue)], group_name: &str, start_time_secs: f64) -> Summary {
     let mut info = SessionStartInfo::new();
     for (name, value) in hparams {
         info.mut_hparams().insert(name.clone(), value.to_proto());
@@ -83,11 +77,7 @@ pub fn session_start(
 
 /// `_hparams_/experiment`: which hparams and metrics the dashboard's table shows.
 /// No domains: a discrete domain from one run would hide the other runs' values.
-pub fn experiment(
-    hparams: &[(String, HParamValue)],
-    metric_tags: &[&str],
-    time_created_secs: f64,
-) -> Summary {
+pub fn experiment(hparams: &[(String, HParamValue)], metric_tags: &[&str], time_created_secs: f64) -> Summary {
     let mut experiment = Experiment::new();
     experiment.set_time_created_secs(time_created_secs);
     experiment.set_hparam_infos(RepeatedField::from_vec(
@@ -134,10 +124,7 @@ fn summary(tag: &str, data: &HParamsPluginData) -> Summary {
     data.set_version(0);
     let mut plugin = SummaryMetadata_PluginData::new();
     plugin.set_plugin_name("hparams".to_string());
-    plugin.set_content(
-        data.write_to_bytes()
-            .expect("HParamsPluginData is always valid"),
-    );
+    plugin.set_content(data.write_to_bytes().expect("HParamsPluginData is always valid"));
     let mut metadata = SummaryMetadata::new();
     metadata.set_plugin_data(plugin);
 

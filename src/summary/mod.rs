@@ -10,24 +10,22 @@ mod hparams;
 mod observer;
 mod projector;
 
-pub use graph::{GraphSpec, build_graph, encode_graph};
+pub use graph::{build_graph, encode_graph, GraphSpec};
 pub use hparams::HParamValue;
 pub use observer::TensorBoardObserver;
 pub use projector::write_projector;
 
-use anyhow::{Context, bail};
+use anyhow::{bail, Context};
 use protobuf::RepeatedField;
 use std::collections::BTreeSet;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tensorboard_proto::api::Status;
 use tensorboard_proto::event::Event;
 use tensorboard_proto::plugin_text::TextPluginData;
-use tensorboard_proto::summary::{
-    HistogramProto, Summary, Summary_Value, SummaryMetadata, SummaryMetadata_PluginData,
-};
+use tensorboard_proto::summary::{HistogramProto, Summary, SummaryMetadata, SummaryMetadata_PluginData, Summary_Value};
 use tensorboard_proto::tensor::TensorProto;
 use tensorboard_proto::tensor_shape::TensorShapeProto;
 use tensorboard_proto::types::DataType;
@@ -62,36 +60,21 @@ impl RunSummary {
     /// session group, so every run is its own row, A/B arms and seeds never
     /// merge, and equal folder names in different experiments never collide.
     pub fn create(run_dir: &Path, log_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(run_dir)
-            .with_context(|| format!("creating {}", run_dir.display()))?;
-        let dir = run_dir
-            .canonicalize()
-            .with_context(|| format!("resolving {}", run_dir.display()))?;
+        std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let dir = run_dir.canonicalize().with_context(|| format!("resolving {}", run_dir.display()))?;
         // tensorboard-rs creates the file on its own thread and panics there if
         // it cannot, so find out here instead.
-        tempfile::NamedTempFile::new_in(&dir)
-            .with_context(|| format!("{} is not writable", dir.display()))?;
+        tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("{} is not writable", dir.display()))?;
         if !open_dirs().insert(dir.clone()) {
-            bail!(
-                "{} already has a RunSummary; a run must use exactly one",
-                dir.display()
-            );
+            bail!("{} already has a RunSummary; a run must use exactly one", dir.display());
         }
         wait_for_unused_file_name(&dir);
         let group = group_name(&dir, log_dir);
         match catch_unwind(|| FileWriter::new(&dir)) {
-            Ok(writer) => Ok(RunSummary {
-                dir,
-                group,
-                writer: Some(writer),
-                session_started: false,
-            }),
+            Ok(writer) => Ok(RunSummary { dir, group, writer: Some(writer), session_started: false }),
             Err(_) => {
                 open_dirs().remove(&dir);
-                bail!(
-                    "could not open a TensorBoard event file in {}",
-                    dir.display()
-                )
+                bail!("could not open a TensorBoard event file in {}", dir.display())
             }
         }
     }
@@ -124,9 +107,7 @@ impl RunSummary {
     pub fn text(&mut self, tag: &str, markdown: &str, step: u64) {
         let mut plugin = SummaryMetadata_PluginData::new();
         plugin.set_plugin_name("text".to_string());
-        plugin.set_content(
-            protobuf::Message::write_to_bytes(&TextPluginData::new()).unwrap_or_default(),
-        );
+        plugin.set_content(protobuf::Message::write_to_bytes(&TextPluginData::new()).unwrap_or_default());
         let mut metadata = SummaryMetadata::new();
         metadata.set_plugin_data(plugin);
         // A scalar (no dims) string tensor, as tf.summary.text writes it.
@@ -182,10 +163,7 @@ impl RunSummary {
         if let Some(writer) = self.writer.take() {
             // Dropping joins the writer thread; it panics if that thread died.
             if catch_unwind(AssertUnwindSafe(|| drop(writer))).is_err() {
-                log::error!(
-                    "TensorBoard: the event file in {} may be incomplete",
-                    self.dir.display()
-                );
+                log::error!("TensorBoard: the event file in {} may be incomplete", self.dir.display());
             }
         }
         open_dirs().remove(&self.dir);
@@ -200,10 +178,7 @@ impl RunSummary {
             return;
         };
         if catch_unwind(AssertUnwindSafe(|| f(writer))).is_err() {
-            log::error!(
-                "TensorBoard: writing to {} failed; no more summaries for this run",
-                self.dir.display()
-            );
+            log::error!("TensorBoard: writing to {} failed; no more summaries for this run", self.dir.display());
             // Its thread is gone; dropping it would panic again.
             std::mem::forget(self.writer.take());
         }
@@ -220,31 +195,19 @@ impl Drop for RunSummary {
 /// `run_dir` (canonical) relative to `log_dir`, with `/` separators, as
 /// TensorBoard names the run; the whole path when it is not under `log_dir`.
 fn group_name(run_dir: &Path, log_dir: &Path) -> String {
-    let relative = log_dir
-        .canonicalize()
-        .ok()
-        .and_then(|log| run_dir.strip_prefix(log).ok().map(Path::to_path_buf))
-        .filter(|r| !r.as_os_str().is_empty());
+    let relative = log_dir.canonicalize().ok().and_then(|log| run_dir.strip_prefix(log).ok().map(Path::to_path_buf)).filter(|r| !r.as_os_str().is_empty());
     match relative {
-        Some(r) => r
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy())
-            .collect::<Vec<_>>()
-            .join("/"),
+        Some(r) => r.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"),
         None => run_dir.to_string_lossy().into_owned(),
     }
 }
 
 fn open_dirs() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
-    OPEN_DIRS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    OPEN_DIRS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// If this process already made an event file in `dir` during this second
@@ -253,19 +216,13 @@ fn now_secs() -> f64 {
 fn wait_for_unused_file_name(dir: &Path) {
     let suffix = format!(".{}.0", std::process::id());
     loop {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let prefix = format!("events.out.tfevents.{secs:010}.");
-        let taken = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|entry| {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                name.starts_with(&prefix) && name.ends_with(&suffix)
-            });
+        let taken = std::fs::read_dir(dir).into_iter().flatten().flatten().any(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with(&suffix)
+        });
         if !taken {
             return;
         }
@@ -283,8 +240,7 @@ fn one_value(value: Summary_Value) -> Summary {
 /// `bucket_limit[i]` is bucket i's right edge; the last one is `max`.
 fn histogram_proto(values: &[f32]) -> Option<HistogramProto> {
     let finite = || values.iter().filter(|v| v.is_finite()).map(|&v| v as f64);
-    let (mut min, mut max, mut num, mut sum, mut sum_squares) =
-        (f64::INFINITY, f64::NEG_INFINITY, 0.0, 0.0, 0.0);
+    let (mut min, mut max, mut num, mut sum, mut sum_squares) = (f64::INFINITY, f64::NEG_INFINITY, 0.0, 0.0, 0.0);
     for v in finite() {
         min = min.min(v);
         max = max.max(v);
@@ -299,16 +255,12 @@ fn histogram_proto(values: &[f32]) -> Option<HistogramProto> {
         (vec![max], vec![num])
     } else {
         let width = (max - min) / HISTOGRAM_BUCKETS as f64;
-        let mut limits: Vec<f64> = (1..HISTOGRAM_BUCKETS)
-            .map(|i| min + width * i as f64)
-            .collect();
+        let mut limits: Vec<f64> = (1..HISTOGRAM_BUCKETS).map(|i| min + width * i as f64).collect();
         limits.push(max);
         // Bucket i holds [limits[i-1], limits[i]); max itself goes into the last one.
         let mut counts = vec![0.0; HISTOGRAM_BUCKETS];
         for v in finite() {
-            counts[limits
-                .partition_point(|&l| l <= v)
-                .min(HISTOGRAM_BUCKETS - 1)] += 1.0;
+            counts[limits.partition_point(|&l| l <= v).min(HISTOGRAM_BUCKETS - 1)] += 1.0;
         }
         (limits, counts)
     };

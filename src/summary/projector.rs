@@ -3,7 +3,7 @@
 //! The projector plugin reads `<run>/projector_config.pbtxt` and resolves its
 //! paths relative to that file (and refuses paths that leave the run folder).
 
-use anyhow::{Context, ensure};
+use anyhow::{ensure, Context};
 use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -12,35 +12,13 @@ pub const TENSOR_NAME: &str = "word_embedding";
 
 /// Writes `projector/tensors.tsv`, `projector/metadata.tsv` and
 /// `projector_config.pbtxt` under `run_dir`. `vectors` is row-major, `words.len()` rows of `dim`.
-pub fn write_projector(
-    run_dir: &Path,
-    words: &[String],
-    vectors: &[f32],
-    dim: usize,
-) -> anyhow::Result<()> {
-    ensure!(
-        dim > 0 && !words.is_empty(),
-        "projector: needs at least one word and dim > 0"
-    );
-    ensure!(
-        vectors.len() == words.len() * dim,
-        "projector: {} words × dim {dim} needs {} values, got {}",
-        words.len(),
-        words.len() * dim,
-        vectors.len()
-    );
+pub fn write_projector(run_dir: &Path, words: &[String], vectors: &[f32], dim: usize) -> anyhow::Result<()> {
+    ensure!(dim > 0 && !words.is_empty(), "projector: needs at least one word and dim > 0");
+    ensure!(vectors.len() == words.len() * dim, "projector: {} words × dim {dim} needs {} values, got {}", words.len(), words.len() * dim, vectors.len());
     let dir = run_dir.join("projector");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    write_lines(
-        &dir.join("tensors.tsv"),
-        vectors.chunks(dim).map(|row| {
-            row.iter()
-                .map(f32::to_string)
-                .collect::<Vec<_>>()
-                .join("\t")
-        }),
-    )?;
+    write_lines(&dir.join("tensors.tsv"), vectors.chunks(dim).map(|row| row.iter().map(f32::to_string).collect::<Vec<_>>().join("\t")))?;
     // One column, so no header row. A tab would make the projector read line 1
     // as a header and a newline would shift every row, so both become spaces.
     write_lines(
@@ -55,9 +33,7 @@ pub fn write_projector(
         }),
     )?;
 
-    let config = format!(
-        "embeddings {{\n  tensor_name: \"{TENSOR_NAME}\"\n  tensor_path: \"projector/tensors.tsv\"\n  metadata_path: \"projector/metadata.tsv\"\n}}\n"
-    );
+    let config = format!("embeddings {{\n  tensor_name: \"{TENSOR_NAME}\"\n  tensor_path: \"projector/tensors.tsv\"\n  metadata_path: \"projector/metadata.tsv\"\n}}\n");
     let config_path = run_dir.join("projector_config.pbtxt");
     fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))
 }

@@ -53,7 +53,6 @@ pub struct SweepSpec {
     pub command: String,
 }
 
-
 fn print_plan(plan: &Plan, decision: &parallel::Decision) {
     let method = match plan.method {
         Method::Grid => "grid".to_string(),
@@ -124,13 +123,7 @@ pub fn execute(plan: &Plan, runner: &Runner, decision: &parallel::Decision, spec
         let interrupted = result.outcome.as_ref().err() == Some(&RunFailure::Interrupted);
         let k = done.fetch_add(1, Ordering::SeqCst) + 1;
         let what = match &result.outcome {
-            Ok(o) => format!(
-                "accuracy {:.4}, loss {:.4}, {:.1} s{}",
-                o.final_eval.accuracy,
-                o.final_eval.loss,
-                result.wall_seconds,
-                if result.reused { " (reused)" } else { "" }
-            ),
+            Ok(o) => format!("accuracy {:.4}, loss {:.4}, {:.1} s{}", o.final_eval.accuracy, o.final_eval.loss, result.wall_seconds, if result.reused { " (reused)" } else { "" }),
             Err(e) => format!("FAILED: {e}"),
         };
         eprintln!("[{k}/{n}] {} ({}): {what}", t.name, report::describe(plan, &t.values));

@@ -99,12 +99,8 @@ where
     X: AsRangedCoord<Value = f64>,
     X::CoordDescType: ValueFormatter<f64>,
 {
-    let mut chart = ChartBuilder::on(area)
-        .caption(format!("{} vs {key}", r.metric), ("sans-serif", 17))
-        .margin(14)
-        .x_label_area_size(44)
-        .y_label_area_size(60)
-        .build_cartesian_2d(x, y)?;
+    let mut chart =
+        ChartBuilder::on(area).caption(format!("{} vs {key}", r.metric), ("sans-serif", 17)).margin(14).x_label_area_size(44).y_label_area_size(60).build_cartesian_2d(x, y)?;
     let slot_label = |v: &f64| {
         let i = v.round();
         match slots {

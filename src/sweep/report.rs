@@ -120,14 +120,8 @@ pub fn build(plan: &Plan, results: &[RunResult], command: &str, parallel: usize,
 }
 
 /// The columns after the swept keys, besides the chosen metric.
-const COLUMNS: [(&str, &str); 6] = [
-    ("final_accuracy", "accuracy"),
-    ("final_loss", "loss"),
-    ("best_accuracy", "best acc."),
-    ("steps", "steps"),
-    ("train_seconds", "train s"),
-    ("wall_seconds", "wall s"),
-];
+const COLUMNS: [(&str, &str); 6] =
+    [("final_accuracy", "accuracy"), ("final_loss", "loss"), ("best_accuracy", "best acc."), ("steps", "steps"), ("train_seconds", "train s"), ("wall_seconds", "wall s")];
 
 /// A value for people: strings bare, fractions to 4 significant digits
 /// (random draws have 17); the JSON and CSV keep every digit.

@@ -86,9 +86,7 @@ impl Domain {
                     other => bail!("{what}: unknown distribution `{other}` (use one of {})", DISTRIBUTIONS.join(", ")),
                 }
             }
-            other => bail!(
-                "{what}: expected a list of values, e.g. [0.01, 0.1], or a distribution such as {{ log_uniform = [1e-4, 1e-1] }}, got {other}"
-            ),
+            other => bail!("{what}: expected a list of values, e.g. [0.01, 0.1], or a distribution such as {{ log_uniform = [1e-4, 1e-1] }}, got {other}"),
         };
         if let Domain::Values(values) = &domain
             && values.is_empty()

@@ -243,8 +243,7 @@ pub fn plan(path: &Path, overrides: &[String], grid: &[String], parallel: Option
             _ => bail!("--set {o}: `sweep` must stay a section"),
         };
     }
-    let section: SweepSection =
-        serde_path_to_error::deserialize(toml::Value::Table(sweep)).map_err(|e| anyhow::anyhow!("{source}: `sweep.{}`: {}", e.path(), e.inner()))?;
+    let section: SweepSection = serde_path_to_error::deserialize(toml::Value::Table(sweep)).map_err(|e| anyhow::anyhow!("{source}: `sweep.{}`: {}", e.path(), e.inner()))?;
 
     // The experiment: the base, the file's own sections, then --set.
     let mut table = match &section.base {

@@ -171,7 +171,11 @@ impl DataFingerprint {
                 if self.split_sha256 == now.split_sha256 { "unchanged" } else { "changed" }
             ));
         }
-        if diffs.is_empty() { Ok(()) } else { Err(format!("the data changed since the run started: {}", diffs.join("; "))) }
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("the data changed since the run started: {}", diffs.join("; ")))
+        }
     }
 }
 

@@ -40,7 +40,11 @@ impl RowSet {
     }
 
     pub fn len(&self, rows: usize) -> usize {
-        if self.all { rows } else { self.ids.len() }
+        if self.all {
+            rows
+        } else {
+            self.ids.len()
+        }
     }
 
     /// The members in ascending order, or `None` for every row.

@@ -188,11 +188,7 @@ impl MetricsLog {
         let path = dir.join(METRICS_FILE);
         if let Some(step) = keep_until_step {
             let old = std::fs::read_to_string(&path).unwrap_or_default();
-            let kept: String = old
-                .lines()
-                .filter(|l| serde_json::from_str::<MetricsRecord>(l).is_ok_and(|r| r.step() <= step))
-                .map(|l| format!("{l}\n"))
-                .collect();
+            let kept: String = old.lines().filter(|l| serde_json::from_str::<MetricsRecord>(l).is_ok_and(|r| r.step() <= step)).map(|l| format!("{l}\n")).collect();
             write_atomic(&path, |w| w.write_all(kept.as_bytes()))?;
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;

@@ -195,7 +195,11 @@ struct Session<'a> {
 fn head_optimizer_config(config: &Config) -> AdamConfig {
     let h = &config.optimizer.head;
     let adam = AdamConfig::new().with_beta_1(h.beta1 as f32).with_beta_2(h.beta2 as f32).with_epsilon(h.epsilon as f32);
-    if h.weight_decay > 0.0 { adam.with_weight_decay(Some(WeightDecayConfig::new(h.weight_decay as f32))) } else { adam }
+    if h.weight_decay > 0.0 {
+        adam.with_weight_decay(Some(WeightDecayConfig::new(h.weight_decay as f32)))
+    } else {
+        adam
+    }
 }
 
 fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
@@ -258,13 +262,16 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
             }
             (crate::config::Config::load(&dir.join(run_dir::CONFIG_FILE), &options.resume_overrides)?, dir.clone())
         }
-        None => (config.clone(), match &options.run_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-                d.clone()
-            }
-            None => run_dir::create(config)?,
-        }),
+        None => (
+            config.clone(),
+            match &options.run_dir {
+                Some(d) => {
+                    std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+                    d.clone()
+                }
+                None => run_dir::create(config)?,
+            },
+        ),
     };
     if dir.to_str().is_none() {
         bail!("{}: the run directory's path must be valid UTF-8 (TensorBoard, summaries and bundles record it as text)", dir.display());
@@ -272,11 +279,7 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
     // Before anything in the run directory is read or written.
     let lock = run_dir::lock(&dir)?;
     if options.resume.is_none() && has_checkpoints(&dir) {
-        bail!(
-            "{}: holds the checkpoints of an earlier run; continue it with `sparseburn train --resume {}`, or choose another --run-dir",
-            dir.display(),
-            dir.display()
-        );
+        bail!("{}: holds the checkpoints of an earlier run; continue it with `sparseburn train --resume {}`, or choose another --run-dir", dir.display(), dir.display());
     }
     // A folder this call created is removed again if the run is refused before training.
     let created = options.resume.is_none() && options.run_dir.is_none();
@@ -289,9 +292,7 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
         // Before anything in the run directory is rewritten: resuming on other data
         // would put labels on the wrong outputs and words on other rows.
         match super::fingerprint::DataFingerprint::read(&dir)? {
-            Some(recorded) => recorded
-                .compare(&data.fingerprint)
-                .map_err(|e| anyhow::anyhow!("{}: {e}; refusing to resume on changed data", dir.display()))?,
+            Some(recorded) => recorded.compare(&data.fingerprint).map_err(|e| anyhow::anyhow!("{}: {e}; refusing to resume on changed data", dir.display()))?,
             None => log::warn!("{} has no data fingerprint (trained by an older sparseburn): data changes cannot be detected", dir.display()),
         }
     }
@@ -524,28 +525,25 @@ impl<B: AutodiffBackend> Run<B> {
             };
             (key.to_string(), value)
         });
-        let hparams: Vec<(String, HParamValue)> = [
-            ("arm".into(), HParamValue::Str(c.experiment.arm.clone())),
-            ("optimizer".into(), HParamValue::Str(t.name().into())),
-        ]
-        .into_iter()
-        .chain(table_hparams)
-        .chain([
-            ("head_lr".into(), HParamValue::Num(c.optimizer.head.lr)),
-            ("dim".into(), HParamValue::Num(c.model.dim as f64)),
-            ("buckets".into(), HParamValue::Num(c.vocab.buckets as f64)),
-            ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
-            ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
-            ("batch_size".into(), HParamValue::Num(c.train.batch_size as f64)),
-            ("epochs".into(), HParamValue::Num(c.train.epochs as f64)),
-            ("hidden".into(), HParamValue::Str(format!("{:?}", c.model.hidden))),
-            ("split".into(), HParamValue::Str(c.tokenizer.split.name().into())),
-            ("minn".into(), HParamValue::Num(c.vocab.minn as f64)),
-            ("maxn".into(), HParamValue::Num(c.vocab.maxn as f64)),
-            ("label_smoothing".into(), HParamValue::Num(c.train.label_smoothing)),
-            ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
-        ])
-        .collect();
+        let hparams: Vec<(String, HParamValue)> = [("arm".into(), HParamValue::Str(c.experiment.arm.clone())), ("optimizer".into(), HParamValue::Str(t.name().into()))]
+            .into_iter()
+            .chain(table_hparams)
+            .chain([
+                ("head_lr".into(), HParamValue::Num(c.optimizer.head.lr)),
+                ("dim".into(), HParamValue::Num(c.model.dim as f64)),
+                ("buckets".into(), HParamValue::Num(c.vocab.buckets as f64)),
+                ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
+                ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
+                ("batch_size".into(), HParamValue::Num(c.train.batch_size as f64)),
+                ("epochs".into(), HParamValue::Num(c.train.epochs as f64)),
+                ("hidden".into(), HParamValue::Str(format!("{:?}", c.model.hidden))),
+                ("split".into(), HParamValue::Str(c.tokenizer.split.name().into())),
+                ("minn".into(), HParamValue::Num(c.vocab.minn as f64)),
+                ("maxn".into(), HParamValue::Num(c.vocab.maxn as f64)),
+                ("label_smoothing".into(), HParamValue::Num(c.train.label_smoothing)),
+                ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
+            ])
+            .collect();
         let start = RunStart {
             run_dir: (!self.temporary_dir).then_some(self.dir.as_path()),
             config: &self.config,
@@ -631,14 +629,7 @@ impl<B: AutodiffBackend> Run<B> {
     }
 
     /// One optimisation step; returns the batch's mean loss and accuracy.
-    fn step(
-        &mut self,
-        batch: &Batch,
-        loss_fn: &burn::nn::loss::CrossEntropyLoss<B>,
-        pooled: &mut Vec<f32>,
-        grad: &mut SparseGrad,
-        lr: f64,
-    ) -> anyhow::Result<(f32, f32)> {
+    fn step(&mut self, batch: &Batch, loss_fn: &burn::nn::loss::CrossEntropyLoss<B>, pooled: &mut Vec<f32>, grad: &mut SparseGrad, lr: f64) -> anyhow::Result<(f32, f32)> {
         let (n, dim) = (batch.len(), self.table.dim());
         let pooling = self.config.model.pooling;
         let bags = Bags::new(&batch.ids, &batch.offsets);
@@ -869,4 +860,3 @@ impl<B: AutodiffBackend> Run<B> {
         crate::summary::write_projector(&self.dir, words, &vectors, dim)
     }
 }
-

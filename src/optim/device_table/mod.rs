@@ -60,14 +60,14 @@
 mod plan;
 mod state;
 
-pub use plan::{DEFAULT_TREE_WIDTH, SegmentReduce};
+pub use plan::{SegmentReduce, DEFAULT_TREE_WIDTH};
 pub use state::{DeviceTableState, StateArrays};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use plan::{TreePlan, plan_tree};
+use plan::{plan_tree, TreePlan};
 
 use super::adam::AdamBook;
 use super::{AdamConfig, BiasCorrection, StateError, StateSource};
@@ -158,12 +158,7 @@ impl<B: Backend> DeviceTree<B> {
                 buckets: l
                     .buckets
                     .into_iter()
-                    .map(|b| DeviceBucket {
-                        width: b.width,
-                        chunks: b.chunks,
-                        idx: int_tensor(b.idx, device),
-                        weights: b.weights.map(|w| column(w, device)),
-                    })
+                    .map(|b| DeviceBucket { width: b.width, chunks: b.chunks, idx: int_tensor(b.idx, device), weights: b.weights.map(|w| column(w, device)) })
                     .collect(),
                 zero_row: l.zero_row,
             })
@@ -258,8 +253,7 @@ impl<B: Backend> DeviceBatch<B> {
             assert!(m <= i32::MAX as u32, "row id {m} exceeds the i32 index range of device tensors");
         }
         let lens: Vec<usize> = (0..batch).map(|b| bags.bag(b).len()).collect();
-        let scales = (pooling != Pooling::Sum && batch > 0)
-            .then(|| column(lens.iter().map(|&l| pooling.scale(l)).collect(), device));
+        let scales = (pooling != Pooling::Sum && batch > 0).then(|| column(lens.iter().map(|&l| pooling.scale(l)).collect(), device));
         let mut bag_of: Vec<i32> = Vec::with_capacity(n);
         for (b, &l) in lens.iter().enumerate() {
             bag_of.extend(std::iter::repeat_n(b as i32, l));
@@ -269,10 +263,9 @@ impl<B: Backend> DeviceBatch<B> {
             ForwardPlan::Empty
         } else {
             match reduce {
-                SegmentReduce::Sequential => ForwardPlan::Sequential {
-                    ids: int_tensor(bags.ids.iter().map(|&i| i as i32).collect(), device),
-                    bag_of: int_tensor(bag_of.clone(), device),
-                },
+                SegmentReduce::Sequential => {
+                    ForwardPlan::Sequential { ids: int_tensor(bags.ids.iter().map(|&i| i as i32).collect(), device), bag_of: int_tensor(bag_of.clone(), device) }
+                }
                 SegmentReduce::Tree { width } => {
                     // Segments are the non-empty bags; their items are the ids as they are.
                     let mut offsets = vec![0];
@@ -313,25 +306,17 @@ impl<B: Backend> DeviceBatch<B> {
                 return BackwardPlan { rows, device: None };
             }
             let sum = match reduce {
-                SegmentReduce::Sequential => BackwardSum::Sequential {
-                    bag_of: int_tensor(bag_of.clone(), device),
-                    unique_of: int_tensor(unique_of, device),
-                },
+                SegmentReduce::Sequential => BackwardSum::Sequential { bag_of: int_tensor(bag_of.clone(), device), unique_of: int_tensor(unique_of, device) },
                 SegmentReduce::Tree { width } => {
                     let src: Vec<u32> = order.iter().map(|&(_, k)| bag_of[k as usize] as u32).collect();
-                    let weights: Option<Vec<f32>> = (pooling != Pooling::Sum)
-                        .then(|| src.iter().map(|&b| pooling.scale(lens[b as usize])).collect());
+                    let weights: Option<Vec<f32>> = (pooling != Pooling::Sum).then(|| src.iter().map(|&b| pooling.scale(lens[b as usize])).collect());
                     let plan = plan_tree(&offsets, &src, weights.as_deref(), width);
                     BackwardSum::Tree { tree: DeviceTree::upload(plan, device) }
                 }
             };
             let u = rows.len();
             let idx_i32: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
-            let dev = BackwardDevice {
-                sum,
-                idx: int_tensor(idx_i32.clone(), device),
-                idx_nd: Tensor::from_data(TensorData::new(idx_i32, [u, 1]), device),
-            };
+            let dev = BackwardDevice { sum, idx: int_tensor(idx_i32.clone(), device), idx_nd: Tensor::from_data(TensorData::new(idx_i32, [u, 1]), device) };
             BackwardPlan { rows, device: Some(dev) }
         });
 

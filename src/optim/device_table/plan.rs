@@ -168,12 +168,7 @@ pub(crate) fn plan_tree(offsets: &[usize], src: &[u32], weights: Option<&[f32]>,
             .filter(|&b| chunks[b] > 0)
             .map(|b| {
                 let needs_weights = first && (padded[b] || weights.is_some());
-                Bucket {
-                    width: widths[b],
-                    chunks: chunks[b],
-                    idx: std::mem::take(&mut idx[b]),
-                    weights: needs_weights.then(|| std::mem::take(&mut wts[b])),
-                }
+                Bucket { width: widths[b], chunks: chunks[b], idx: std::mem::take(&mut idx[b]), weights: needs_weights.then(|| std::mem::take(&mut wts[b])) }
             })
             .collect();
         levels.push(Level { buckets, zero_row: false, rows });
@@ -245,9 +240,7 @@ mod tests {
                 assert_eq!(got.len(), lens.len());
                 for s in 0..lens.len() {
                     for d in 0..2 {
-                        let want: f64 = (offsets[s]..offsets[s + 1])
-                            .map(|i| w.map_or(1.0, |w| w[i] as f64) * source[src[i] as usize][d])
-                            .sum();
+                        let want: f64 = (offsets[s]..offsets[s + 1]).map(|i| w.map_or(1.0, |w| w[i] as f64) * source[src[i] as usize][d]).sum();
                         assert!((got[s][d] - want).abs() < 1e-9, "width {width} segment {s}: {} vs {want}", got[s][d]);
                     }
                 }

@@ -72,9 +72,7 @@ macro_rules! read_impl {
                     into.copy_from_slice(x);
                     Ok(())
                 }
-                StateData::$variant(x) => {
-                    Err(StateError::WrongLength { name: name.to_string(), expected: into.len(), found: x.len() })
-                }
+                StateData::$variant(x) => Err(StateError::WrongLength { name: name.to_string(), expected: into.len(), found: x.len() }),
                 other => Err(StateError::WrongType { name: name.to_string(), expected: $label, found: kind(other).to_string() }),
             }
         }

@@ -77,9 +77,8 @@ impl Checkpoint {
             Some(name) => format!("{} is corrupt ({name:?} is not a checkpoint name)", pointer.display()),
             None => format!("{} is missing", pointer.display()),
         };
-        let mut names: Vec<String> = std::fs::read_dir(&root)
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| is_checkpoint_name(n)).collect())
-            .unwrap_or_default();
+        let mut names: Vec<String> =
+            std::fs::read_dir(&root).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| is_checkpoint_name(n)).collect()).unwrap_or_default();
         names.sort_unstable_by(|a, b| b.cmp(a));
         for name in names.iter().filter(|n| Some(*n) != named.as_ref()) {
             match Checkpoint::open(&root.join(name)) {
@@ -258,9 +257,7 @@ impl LinkRows {
             (false, Some(r)) => {
                 let mut ids = stored_ids(file, dir, m, full_rows)?;
                 for id in &mut ids {
-                    *id = r.local(*id).with_context(|| {
-                        format!("{}: stores row {id}, which the data no longer reaches (did the data change?)", dir.join(ROWS_FILE).display())
-                    })?;
+                    *id = r.local(*id).with_context(|| format!("{}: stores row {id}, which the data no longer reaches (did the data change?)", dir.join(ROWS_FILE).display()))?;
                 }
                 LinkRows::Ids(ids)
             }

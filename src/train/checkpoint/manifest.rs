@@ -60,11 +60,7 @@ impl Manifest {
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let version = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["format_version"].as_u64());
         if let Some(v) = version.filter(|&v| v != CHECKPOINT_FORMAT_VERSION as u64) {
-            bail!(
-                "{}: checkpoint format version {v} is not supported (this sparseburn {} reads version {CHECKPOINT_FORMAT_VERSION})",
-                dir.display(),
-                env!("CARGO_PKG_VERSION"),
-            );
+            bail!("{}: checkpoint format version {v} is not supported (this sparseburn {} reads version {CHECKPOINT_FORMAT_VERSION})", dir.display(), env!("CARGO_PKG_VERSION"),);
         }
         serde_json::from_str(&text).with_context(|| format!("{}: corrupt manifest", path.display()))
     }

@@ -15,14 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::Checkpoint;
 use super::manifest::{LinkKind, Manifest, CHECKPOINT_FORMAT_VERSION, HEAD_FILE, HEAD_OPTIM_FILE, LATEST_FILE, MANIFEST_FILE, ROWS_FILE, TRAINER_FILE};
-use crate::train::resident::ResidentRows;
-use crate::train::rowset::RowSet;
 use super::{checkpoints_dir, folder_name, TrainerState};
 use crate::config::CheckpointConfig;
 use crate::durable;
 use crate::io::{write_safetensors_to, HashingWriter, TensorOut};
 use crate::model::{EmbeddingTable, HeadWeights, TableRecipe};
 use crate::optim::TableOptimizer;
+use crate::train::resident::ResidentRows;
+use crate::train::rowset::RowSet;
 
 /// What checkpointing cost a run (this session).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -154,7 +154,15 @@ impl Checkpointer {
     /// training continues (the final one too: wait for it with
     /// [`Checkpointer::finish`]); otherwise the call returns once the
     /// checkpoint is durable.
-    pub fn save(&mut self, state: &TrainerState, table: &EmbeddingTable, head: &HeadWeights, optimizer: &dyn TableOptimizer, head_record: Vec<u8>, final_save: bool) -> anyhow::Result<()> {
+    pub fn save(
+        &mut self,
+        state: &TrainerState,
+        table: &EmbeddingTable,
+        head: &HeadWeights,
+        optimizer: &dyn TableOptimizer,
+        head_record: Vec<u8>,
+        final_save: bool,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         // At most one in flight: a previous write must finish (and its error surfaces) first.
         self.wait()?;
@@ -164,10 +172,7 @@ impl Checkpointer {
             self.last_step = Some(state.step);
             let (root, keep) = (self.root.clone(), self.keep);
             if self.background {
-                let handle = std::thread::Builder::new()
-                    .name("checkpoint".into())
-                    .spawn(move || snapshot.write(&root, keep))
-                    .context("starting the checkpoint thread")?;
+                let handle = std::thread::Builder::new().name("checkpoint".into()).spawn(move || snapshot.write(&root, keep)).context("starting the checkpoint thread")?;
                 self.in_flight = Some(handle);
             } else {
                 let written = snapshot.write(&root, keep)?;
@@ -175,7 +180,11 @@ impl Checkpointer {
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        if final_save { self.stats.seconds_final += seconds } else { self.stats.seconds_in_loop += seconds }
+        if final_save {
+            self.stats.seconds_final += seconds
+        } else {
+            self.stats.seconds_in_loop += seconds
+        }
         Ok(())
     }
 
@@ -248,7 +257,12 @@ impl Checkpointer {
             };
             tensors.push(OwnedTensor { name: "ids".into(), dtype: Dtype::U32, shape: vec![ids.len()], bytes: bytemuck::cast_slice(&global).to_vec() });
         }
-        tensors.push(OwnedTensor { name: "table".into(), dtype: Dtype::F32, shape: vec![stored, dim], bytes: gather(bytemuck::cast_slice(table.as_slice()), dim * 4, ids.as_deref()) });
+        tensors.push(OwnedTensor {
+            name: "table".into(),
+            dtype: Dtype::F32,
+            shape: vec![stored, dim],
+            bytes: gather(bytemuck::cast_slice(table.as_slice()), dim * 4, ids.as_deref()),
+        });
         for (array, data) in &arrays {
             let TensorOut { dtype, bytes, .. } = TensorOut::state(*array, *data);
             if optimizer.per_row_state().contains(array) {
