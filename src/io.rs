@@ -35,6 +35,11 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
+/// `2024-05-01T12:34:56Z` for whole seconds since the Unix epoch (UTC).
+pub fn rfc3339_utc_seconds(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs).map_or_else(|_| format!("{secs} s after the Unix epoch"), |t| t.to_string())
+}
+
 /// Lowercase hex BLAKE3 of a file's bytes, hashed on all cores (the file is
 /// memory-mapped; a checkpoint of several GB verifies at memory speed).
 pub fn blake3_file(path: &Path) -> anyhow::Result<String> {

@@ -118,18 +118,8 @@ pub fn execute(plan: &Plan, options: &Options) -> anyhow::Result<Report> {
         .zip(&jobs)
         .map(|(r, &(a, s))| {
             r.unwrap_or_else(|| {
-                let arm = &plan.arms[a].name;
-                let seed = plan.seeds[s];
-                RunResult {
-                    arm: arm.clone(),
-                    seed,
-                    dir: plan.run_dir(arm, seed),
-                    outcome: Err(RunFailure::NotRun),
-                    wall_seconds: f64::NAN,
-                    reused: false,
-                    evals: Vec::new(),
-                    train: Vec::new(),
-                }
+                let (arm, seed) = (&plan.arms[a].name, plan.seeds[s]);
+                RunResult::not_run(arm.clone(), seed, plan.run_dir(arm, seed))
             })
         })
         .collect();

@@ -85,6 +85,13 @@ pub struct RunResult {
     pub train: Vec<TrainPoint>,
 }
 
+impl RunResult {
+    /// A run that never started because the batch (comparison or sweep) was cancelled first.
+    pub fn not_run(arm: String, seed: u64, dir: PathBuf) -> Self {
+        RunResult { arm, seed, dir, outcome: Err(RunFailure::NotRun), wall_seconds: f64::NAN, reused: false, evals: Vec::new(), train: Vec::new() }
+    }
+}
+
 /// Reads the eval and train records of a run's metrics.jsonl (missing file: none).
 pub fn read_metrics(dir: &Path) -> anyhow::Result<(Vec<EvalPoint>, Vec<TrainPoint>)> {
     let (mut evals, mut trains) = (Vec::new(), Vec::new());

@@ -130,22 +130,8 @@ pub fn execute(plan: &Plan, runner: &Runner, decision: &parallel::Decision, spec
         (result, interrupted)
     });
     let interrupted = cancel.is_cancelled();
-    let results: Vec<RunResult> = results
-        .into_iter()
-        .zip(&plan.trials)
-        .map(|(r, t)| {
-            r.unwrap_or_else(|| RunResult {
-                arm: t.name.clone(),
-                seed: t.config.experiment.seed,
-                dir: plan.run_dir(t),
-                outcome: Err(RunFailure::NotRun),
-                wall_seconds: f64::NAN,
-                reused: false,
-                evals: Vec::new(),
-                train: Vec::new(),
-            })
-        })
-        .collect();
+    let results: Vec<RunResult> =
+        results.into_iter().zip(&plan.trials).map(|(r, t)| r.unwrap_or_else(|| RunResult::not_run(t.name.clone(), t.config.experiment.seed, plan.run_dir(t)))).collect();
     let report = report::build(plan, &results, &spec.command, decision.workers, interrupted);
     let plots = match plot::write(&report, &plan.dir) {
         Ok(p) => p,

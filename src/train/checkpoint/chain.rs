@@ -239,20 +239,20 @@ fn stored_ids(file: &SafetensorsFile, dir: &Path, m: &Manifest, rows: usize) -> 
 }
 
 /// Where a link's stored rows go in the table being restored.
-enum LinkRows {
+enum LinkRows<'r> {
     /// The link stores every row of the table, which is restored whole.
     All,
     /// Stored row `k` goes to row `ids[k]` (local ids when restoring resident rows).
     Ids(Vec<u32>),
     /// The link stores every row; the table being restored holds only these (global ids, ascending).
-    Pick(Vec<u32>),
+    Pick(&'r [u32]),
 }
 
-impl LinkRows {
-    fn of(file: &SafetensorsFile, dir: &Path, m: &Manifest, full_rows: usize, resident: Option<&ResidentRows>) -> anyhow::Result<Self> {
+impl<'r> LinkRows<'r> {
+    fn of(file: &SafetensorsFile, dir: &Path, m: &Manifest, full_rows: usize, resident: Option<&'r ResidentRows>) -> anyhow::Result<Self> {
         Ok(match (m.all_rows, resident) {
             (true, None) => LinkRows::All,
-            (true, Some(r)) => LinkRows::Pick(r.global_ids().to_vec()),
+            (true, Some(r)) => LinkRows::Pick(r.global_ids()),
             (false, None) => LinkRows::Ids(stored_ids(file, dir, m, full_rows)?),
             (false, Some(r)) => {
                 let mut ids = stored_ids(file, dir, m, full_rows)?;
@@ -296,13 +296,13 @@ impl LinkRows {
 
 /// The optimizer state of a chain, as a [`StateSource`]: per-row arrays are
 /// the links' rows scattered in order, global arrays the newest link's.
-struct ChainState {
-    links: Vec<(SafetensorsFile, LinkRows)>,
+struct ChainState<'r> {
+    links: Vec<(SafetensorsFile, LinkRows<'r>)>,
     rows: usize,
     per_row: &'static [&'static str],
 }
 
-impl ChainState {
+impl ChainState<'_> {
     fn read<T: bytemuck::Pod>(&self, name: &str, dtype: Dtype, into: &mut [T]) -> Result<(), StateError> {
         if !self.per_row.contains(&name) {
             let (newest, _) = self.links.last().expect("a chain has a base");
@@ -325,7 +325,7 @@ impl ChainState {
     }
 }
 
-impl StateSource for ChainState {
+impl StateSource for ChainState<'_> {
     fn read_f32(&self, name: &str, into: &mut [f32]) -> Result<(), StateError> {
         self.read(name, Dtype::F32, into)
     }
