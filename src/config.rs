@@ -249,7 +249,10 @@ pub enum HugePages {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PlacementConfig {
-    /// Where the embedding table lives: "cpu" (host memory).
+    /// Where the embedding table and its optimizer state live: "cpu" (host
+    /// memory, default), "burn-cpu" (the device table on Burn's CPU backend)
+    /// or "cuda:N" (the device table on a GPU); the last two need
+    /// `dense` on the same device and `optimizer.table.kind = "lazy_adam"`.
     pub embedding: String,
     /// Where the dense head runs: "cpu" or "cuda:N" (needs `--features cuda`).
     pub dense: String,
@@ -410,10 +413,21 @@ impl Config {
         if h.weight_decay < 0.0 {
             bail!(at(source, "optimizer.head.weight_decay", "must be >= 0"));
         }
-        if self.placement.embedding != "cpu" {
-            bail!(at(source, "placement.embedding", format!("only \"cpu\" (host memory) is supported, got {:?}", self.placement.embedding)));
+        let table = crate::device::parse_table_placement(&self.placement.embedding).map_err(|e| at(source, "placement.embedding", e))?;
+        let dense = crate::device::parse_dense_device(&self.placement.dense).map_err(|e| at(source, "placement.dense", e))?;
+        if let Some(needs) = table.dense_device() {
+            if dense != needs {
+                bail!(at(
+                    source,
+                    "placement.dense",
+                    format!("placement.embedding = \"{table}\" keeps the pooled bags on the head's device: set placement.dense = \"{needs}\" (got \"{dense}\")")
+                ));
+            }
+            if !matches!(self.optimizer.table, crate::optim::TableOptimizerConfig::LazyAdam(_)) {
+                let kind = self.optimizer.table.name();
+                bail!(at(source, "optimizer.table.kind", format!("placement.embedding = \"{table}\" (the device table) supports only kind = \"lazy_adam\", got \"{kind}\"")));
+            }
         }
-        crate::device::parse_dense_device(&self.placement.dense).map_err(|e| at(source, "placement.dense", e))?;
         if let Some(gb) = self.memory.host_max_gb {
             positive("memory.host_max_gb", gb)?;
         }

@@ -43,17 +43,26 @@ impl MemoryPlan {
         let table = mul(&[rows as u64, dim, F32]);
         // The optimizer's own count wraps on such sizes; any table that large is refused anyway.
         let table_state = if table == u64::MAX { u64::MAX } else { config.optimizer.table.state_bytes(rows, config.model.dim) };
-        let items = vec![
-            MemoryItem { device: host.clone(), what: "embedding table", bytes: table },
-            MemoryItem { device: host.clone(), what: "table optimizer state", bytes: table_state },
+        // A device table (`placement.embedding` other than "cpu") holds the table, m and v
+        // there, and the trainer keeps a host copy of both for checkpoints and evaluation.
+        let table_device = crate::device::parse_table_placement(&config.placement.embedding).unwrap_or_default();
+        let mut items = vec![
+            MemoryItem { device: table_device.tf_name(), what: "embedding table", bytes: table },
+            MemoryItem { device: table_device.tf_name(), what: "table optimizer state", bytes: table_state },
+        ];
+        if table_device != crate::device::TablePlacement::Host {
+            items.push(MemoryItem { device: host.clone(), what: "host copy of the table", bytes: table });
+            items.push(MemoryItem { device: host.clone(), what: "host copy of the optimizer state", bytes: table_state });
+        }
+        items.extend([
             MemoryItem { device: host.clone(), what: "encoded datasets", bytes: mul(&[dataset_ids, 4]) },
-            // Pooled activations and their gradient, on the host for the bag.
-            MemoryItem { device: host, what: "bag activations", bytes: mul(&[2, batch, dim, F32]) },
+            // Pooled activations and their gradient, where the bag runs.
+            MemoryItem { device: table_device.tf_name(), what: "bag activations", bytes: mul(&[2, batch, dim, F32]) },
             // Weights, gradients, and Adam's two moments.
             MemoryItem { device: dense_name.clone(), what: "head parameters + grads + Adam state", bytes: mul(&[4, params, F32]) },
             // Every layer's output and its gradient for one batch.
             MemoryItem { device: dense_name, what: "head activations", bytes: mul(&[2, batch, widths, F32]) },
-        ];
+        ]);
         MemoryPlan { items }
     }
 
@@ -63,8 +72,12 @@ impl MemoryPlan {
 
     /// One line per device with its items, for the start-of-run log.
     pub fn describe(&self) -> String {
-        let mut devices: Vec<&str> = self.items.iter().map(|i| i.device.as_str()).collect();
-        devices.dedup();
+        let mut devices: Vec<&str> = Vec::new();
+        for i in &self.items {
+            if !devices.contains(&i.device.as_str()) {
+                devices.push(&i.device);
+            }
+        }
         devices
             .iter()
             .map(|d| {

@@ -24,12 +24,13 @@ use super::prepare::{prepare_from, DataSource, Prepared};
 use super::resident::ResidentRows;
 use super::run_dir::{self, EvalRecord, MetricsLog, MetricsRecord, TrainRecord};
 use super::schedule::lr_factor;
+use super::table_home::TableHome;
 use crate::cancel::CancelToken;
 use crate::config::Config;
 use crate::data::{Batch, BatchIter};
-use crate::device::{DenseDevice, TABLE_DEVICE};
+use crate::device::DenseDevice;
 use crate::memory::MemoryPlan;
-use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Head, HeadConfig, HeadWeights, SparseGrad, TableRecipe};
+use crate::model::{Bags, EmbeddingTable, Head, HeadConfig, HeadWeights, TableRecipe};
 use crate::optim::TableOptimizer;
 use crate::summary::{GraphSpec, HParamValue, TensorBoardObserver};
 use crate::sys;
@@ -220,6 +221,9 @@ struct Run<B: AutodiffBackend> {
     head: Head<B>,
     table_optimizer: Box<dyn TableOptimizer>,
     head_optimizer: OptimizerAdaptor<Adam, Head<B>, B>,
+    /// Where the table is trained (host memory or a device table); `table` and
+    /// `table_optimizer` are its host copy when it is a device table.
+    home: TableHome<B::InnerBackend>,
     state: TrainerState,
     checkpointer: Checkpointer,
     /// Whether the table optimizer changes every row each step (checkpoints are then full).
@@ -397,6 +401,7 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
     let optimizer_config = serde_json::to_value(&config.optimizer.table).context("recording the table optimizer config")?;
     let checkpointer = Checkpointer::new(&dir, &config.checkpoint, recipe, resident.clone(), optimizer_config, checkpoint.as_ref())?;
     let head = Head::<B>::from_weights(&head_weights, &device);
+    let home = TableHome::new(&config, &mut table, table_optimizer.as_ref(), &device)?;
     // A fresh run in a reused directory starts a fresh log; a resumed one drops records past its checkpoint.
     let metrics = MetricsLog::open(&dir, Some(checkpoint.as_ref().map_or(0, |c| c.state.step)))?;
     if config.logging.tensorboard {
@@ -415,6 +420,7 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
         head,
         table_optimizer,
         head_optimizer,
+        home,
         state,
         checkpointer,
         dense_table_updates,
@@ -491,7 +497,7 @@ impl<B: AutodiffBackend> Run<B> {
             table_rows: self.recipe.rows as u64,
             dim: self.table.dim(),
             pooling: self.config.model.pooling.name().into(),
-            table_device: TABLE_DEVICE.into(),
+            table_device: self.home.tf_device(),
             dense_device: dense.tf_name(),
             head_layers: self.head.layer_shapes(),
             num_labels: self.data.labels.len(),
@@ -507,7 +513,7 @@ impl<B: AutodiffBackend> Run<B> {
         let spec = self.graph_spec(dense);
         if self.config.logging.log_device_placement {
             let mut text = String::from("device placement:");
-            text += &format!("\n  embedding/table [{}, {}] (+ {} state): {}", spec.table_rows, spec.dim, spec.table_optimizer, spec.table_device);
+            text += &format!("\n  embedding/table [{}, {}] (+ {} state): {} ({})", spec.table_rows, spec.dim, spec.table_optimizer, spec.table_device, self.home.describe());
             text += &format!("\n  embedding/bag_pool ({}) and its sparse backward: {}", spec.pooling, spec.table_device);
             for (i, (a, b)) in spec.head_layers.iter().enumerate() {
                 text += &format!("\n  head/linear_{i} weight [{a}, {b}], bias [{b}]: {}", spec.dense_device);
@@ -562,9 +568,6 @@ impl<B: AutodiffBackend> Run<B> {
     fn train_loop(&mut self, stop_after_step: Option<u64>) -> anyhow::Result<bool> {
         let total = self.total_steps();
         let loss_fn = crate::model::loss::training_loss::<B>(self.config.train.label_smoothing, &self.device);
-        let dim = self.table.dim();
-        let mut grad = SparseGrad::new(dim);
-        let mut pooled = Vec::new();
         let mut session_start = Instant::now();
         let seconds_before = self.state.train_seconds;
         let bs = self.config.train.batch_size;
@@ -582,18 +585,18 @@ impl<B: AutodiffBackend> Run<B> {
                 };
                 let t_data = t0.elapsed();
                 let lr = lr_factor(self.config.train.schedule, self.config.train.warmup_steps, self.state.step, total);
-                let (loss, accuracy) = self.step(&batch, &loss_fn, &mut pooled, &mut grad, lr)?;
+                let (loss, accuracy) = self.step(&batch, &loss_fn, lr)?;
                 self.first_step_seconds.get_or_insert_with(|| self.started.elapsed().as_secs_f64());
                 self.timings.data_ms += t_data.as_secs_f64() * 1e3;
                 self.step_ms.push((t0.elapsed().as_secs_f64() * 1e3) as f32);
                 self.state.step += 1;
                 self.state.batch_in_epoch += 1;
                 self.steps_this_session += 1;
-                self.rows_touched += grad.len() as u64;
+                self.rows_touched += self.home.touched_rows().len() as u64;
                 self.tokens += batch.ids.len() as u64;
                 self.examples += batch.len() as u64;
                 self.state.train_seconds = seconds_before + session_start.elapsed().as_secs_f64();
-                self.log_step(&batch, &grad, loss, accuracy, lr, total)?;
+                self.log_step(&batch, loss, accuracy, lr, total)?;
 
                 // The epoch rolls over before evaluation and checkpoint, so a checkpoint
                 // at this step already includes its evaluation and a resume never repeats it.
@@ -629,8 +632,8 @@ impl<B: AutodiffBackend> Run<B> {
     }
 
     /// One optimisation step; returns the batch's mean loss and accuracy.
-    fn step(&mut self, batch: &Batch, loss_fn: &burn::nn::loss::CrossEntropyLoss<B>, pooled: &mut Vec<f32>, grad: &mut SparseGrad, lr: f64) -> anyhow::Result<(f32, f32)> {
-        let (n, dim) = (batch.len(), self.table.dim());
+    fn step(&mut self, batch: &Batch, loss_fn: &burn::nn::loss::CrossEntropyLoss<B>, lr: f64) -> anyhow::Result<(f32, f32)> {
+        let n = batch.len();
         let pooling = self.config.model.pooling;
         let bags = Bags::new(&batch.ids, &batch.offsets);
         let mut clock = Instant::now();
@@ -639,12 +642,9 @@ impl<B: AutodiffBackend> Run<B> {
             clock = Instant::now();
         };
 
-        pooled.resize(n * dim, 0.0);
-        self.table.materialize(&batch.ids);
-        bag_forward(self.table.as_slice(), dim, bags, pooling, pooled);
+        let x = self.home.pool::<B>(&mut self.table, bags, pooling, &self.device);
         lap(&mut self.timings.bag_forward_ms);
 
-        let x = Tensor::<B, 2>::from_data(TensorData::new(pooled.clone(), [n, dim]), &self.device).require_grad();
         let logits = self.head.forward(x.clone());
         let targets: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
         let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &self.device);
@@ -669,19 +669,19 @@ impl<B: AutodiffBackend> Run<B> {
             };
             bail!("loss became {loss_value} at step {} (epoch {}); stopping: {last_good}", self.state.step + 1, self.state.epoch + 1);
         }
-        let d_pooled = d_pooled.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        self.home.receive_grad(d_pooled)?;
         let head_grads = GradientsParams::from_grads(grads, &self.head);
         lap(&mut self.timings.head_backward_ms);
 
-        bag_backward(bags, pooling, &d_pooled, grad);
+        self.home.backward(bags, pooling);
         lap(&mut self.timings.bag_backward_ms);
 
         let table_lr = (self.config.optimizer.table.lr() * lr) as f32;
-        self.table_optimizer.step(&mut self.table, grad, table_lr);
+        self.home.step(&mut self.table, self.table_optimizer.as_mut(), table_lr);
         if self.dense_table_updates {
             self.checkpointer.record_all_rows();
         } else {
-            self.checkpointer.record_rows(grad.rows());
+            self.checkpointer.record_rows(self.home.touched_rows());
         }
         lap(&mut self.timings.table_optimizer_ms);
 
@@ -691,8 +691,9 @@ impl<B: AutodiffBackend> Run<B> {
         Ok((loss_value, correct / n as f32))
     }
 
-    fn log_step(&mut self, batch: &Batch, grad: &SparseGrad, loss: f32, accuracy: f32, lr: f64, total_steps: u64) -> anyhow::Result<()> {
+    fn log_step(&mut self, batch: &Batch, loss: f32, accuracy: f32, lr: f64, total_steps: u64) -> anyhow::Result<()> {
         let step = self.state.step;
+        let rows_touched = self.home.touched_rows().len();
         let record = TrainRecord {
             step,
             epoch: self.state.epoch,
@@ -701,17 +702,15 @@ impl<B: AutodiffBackend> Run<B> {
             lr_table: self.config.optimizer.table.lr() * lr,
             lr_head: self.config.optimizer.head.lr * lr,
             examples_per_second: self.examples as f64 / self.state.train_seconds.max(1e-9),
-            rows_touched: grad.len() as u64,
-            unique_ratio: grad.len() as f64 / batch.ids.len().max(1) as f64,
+            rows_touched: rows_touched as u64,
+            unique_ratio: rows_touched as f64 / batch.ids.len().max(1) as f64,
             train_seconds: self.state.train_seconds,
         };
         let logged = step.is_multiple_of(self.config.logging.scalar_every.max(1));
         let hist_every = self.config.logging.histogram_every;
         let mut histograms = Vec::new();
         if logged && self.config.logging.tensorboard && hist_every > 0 && step.is_multiple_of(hist_every) {
-            let dim = self.table.dim();
-            let row_norms: Vec<f32> = grad.rows().iter().map(|&r| self.table.row(r as usize).iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
-            let grad_norms: Vec<f32> = grad.values().chunks(dim).map(|g| g.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+            let (row_norms, grad_norms) = self.home.touched_norms(&self.table);
             histograms.push(("embedding/touched_row_norms".to_string(), row_norms));
             histograms.push(("embedding/grad_row_norms".to_string(), grad_norms));
             for (i, l) in self.head.weights().layers.into_iter().enumerate() {
@@ -738,6 +737,7 @@ impl<B: AutodiffBackend> Run<B> {
     }
 
     fn eval_and_log(&mut self) -> anyhow::Result<EvalMetrics> {
+        self.home.sync(&mut self.table, self.table_optimizer.as_mut())?;
         let head = self.head.weights();
         let m = evaluate(&self.table, &head, self.config.model.pooling, &self.data.test, self.config.train.top_k);
         let record = EvalRecord {
@@ -764,6 +764,7 @@ impl<B: AutodiffBackend> Run<B> {
     /// the final one is waited for in [`Run::finish`].
     fn checkpoint(&mut self, final_save: bool) -> anyhow::Result<PathBuf> {
         let record = recorder().record(self.head_optimizer.to_record(), ()).context("serialising the head optimizer")?;
+        self.home.sync(&mut self.table, self.table_optimizer.as_mut())?;
         self.checkpointer.save(&self.state, &self.table, &self.head.weights(), self.table_optimizer.as_ref(), record, final_save)?;
         Ok(checkpoint::checkpoints_dir(&self.dir).join(format!("step-{:08}", self.state.step)))
     }

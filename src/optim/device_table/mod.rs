@@ -522,9 +522,16 @@ impl<B: Backend> DeviceTable<B> {
 
     /// [`DeviceTable::backward_and_step`] for a batch planned with [`DeviceTable::prepare`].
     pub fn backward_and_step_prepared(&mut self, batch: &DeviceBatch<B>, d_pooled: Tensor<B, 2>, lr: f32) {
+        let g = self.sparse_grad(batch, d_pooled);
+        self.step_with_grad(batch, g, lr);
+    }
+
+    /// One LazyAdam step with `g`, the batch's [`DeviceTable::sparse_grad`]
+    /// (the backward and the step apart, e.g. to time them apart).
+    pub fn step_with_grad(&mut self, batch: &DeviceBatch<B>, g: Tensor<B, 2>, lr: f32) {
         self.check_ids(batch);
         let plan = Self::backward_plan(batch);
-        assert_eq!(d_pooled.dims(), [batch.batch, self.dim], "d_pooled must be [bags, dim]");
+        assert_eq!(g.dims(), [plan.rows.len(), self.dim], "g must be [unique rows, dim]");
 
         // The host optimizer's bookkeeping: global step and decay product advance every step.
         let (global_step_size, _) = self.book.begin_step(lr);
@@ -533,7 +540,6 @@ impl<B: Backend> DeviceTable<B> {
             return;
         };
         let unique = &plan.rows;
-        let g = self.summed_grad(batch, dev, d_pooled);
 
         // Per-row scalars on the host, in f64 as the host optimizer computes them.
         let step_sizes = match self.book.row_step_sizes(unique, lr) {
@@ -569,6 +575,15 @@ impl<B: Backend> DeviceTable<B> {
         self.weights = Some(w.scatter_nd(idx.clone(), w_new, IndexingUpdateOp::Assign));
         self.m = Some(m.scatter_nd(idx.clone(), m_new, IndexingUpdateOp::Assign));
         self.v = Some(v.scatter_nd(idx.clone(), v_new, IndexingUpdateOp::Assign));
+    }
+
+    /// Downloads the weights of `rows` (`rows.len() × dim`, row-major), e.g. for histograms.
+    pub fn rows_to_host(&self, rows: &[u32]) -> Vec<f32> {
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        let idx = int_tensor(rows.iter().map(|&r| r as i32).collect(), &self.device);
+        to_f32_vec(self.weights().clone().select(0, idx))
     }
 
     /// Applies every row's deferred decay (weight decay only), so the weights
