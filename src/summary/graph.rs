@@ -71,7 +71,7 @@ pub fn build_graph(spec: &GraphSpec) -> GraphDef {
         nodes.push(Node::new(name, "Placeholder", cpu).attr("dtype", dtype(DataType::DT_INT64)).attr("shape", shape_attr(&shape)).outputs(&[&shape]));
     }
 
-    // The sparse part lives in host memory.
+    // The sparse part lives on the table's device (host memory unless `placement.embedding` says otherwise).
     let table_shape = [spec.table_rows as i64, dim];
     nodes.push(variable("embedding/table", &table_shape, cpu));
     nodes.push(

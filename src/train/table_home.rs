@@ -61,6 +61,10 @@ impl<B: Backend> TableHome<B> {
         if placement == TablePlacement::Host {
             return Ok(TableHome::Host(HostStep { pooled: Vec::new(), d_pooled: Vec::new(), grad: SparseGrad::new(dim) }));
         }
+        // Config::validate refuses these; a config built in code may not have been validated.
+        if placement.dense_device().map(|d| d.to_string()).as_deref() != Some(config.placement.dense.as_str()) {
+            anyhow::bail!("placement.embedding = \"{placement}\" needs placement.dense on the same device, got {:?}", config.placement.dense);
+        }
         let TableOptimizerConfig::LazyAdam(adam) = &config.optimizer.table else {
             anyhow::bail!("placement.embedding = \"{placement}\" supports only optimizer.table.kind = \"lazy_adam\"");
         };

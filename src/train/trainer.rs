@@ -1,6 +1,7 @@
-//! The training loop: bag forward (host) → Burn head → loss → Burn Adam on the
-//! head and a sparse step on the table. Generic over the head's backend, so the
-//! dense part can run on the CPU or a GPU while the table stays in host memory.
+//! The training loop: bag forward → Burn head → loss → Burn Adam on the head
+//! and a sparse step on the table. Generic over the head's backend, so the
+//! dense part can run on the CPU or a GPU; the table stays in host memory or,
+//! with `placement.embedding`, lives on the head's device (`table_home.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -39,7 +39,12 @@
 //! on the NdArray backend; `SegmentReduce::Tree` (the default) sums in another
 //! order and agrees to rounding (tests/device_table.rs states the bounds). On
 //! a CPU the host path is far faster (about 25× on NdArray in the ignored
-//! timing test); this table is meant for GPU backends.
+//! timing test); this table is meant for GPU backends. The trainer runs it
+//! with `placement.embedding = "cuda:N"`, or `"burn-cpu"` (Burn's Flex CPU
+//! backend, for CI), through `src/train/table_home.rs`. On Flex every step
+//! costs O(rows · dim): its `scatter_nd` copies the whole tensor before
+//! writing the rows (burn-flex-0.21.0/src/ops/gather_scatter.rs:909,
+//! `data_data.to_vec()`), three times a step (w, m, v).
 //!
 //! Burn 0.21 limitations this works around (file:line in the crates' sources):
 //! * float `select_assign` and `scatter` implement only `IndexingUpdateOp::Add`
