@@ -217,7 +217,8 @@ mod tests {
         config.memory.host_max_gb = Some(1.0);
         let head = HeadConfig { input: 64, hidden: vec![], classes: 10 };
         let rows = 10_000_000;
-        let (table, state) = (rows as u64 * 64 * 4, rows as u64 * 64 * 4 * 2);
+        // m and v (2 × 64 f32 per row) and lazy_adam's global step count.
+        let (table, state) = (rows as u64 * 64 * 4, rows as u64 * 64 * 4 * 2 + 8);
 
         let memory = MemoryPlan::new(&config, rows, &head, 1000, DenseDevice::Cpu);
         assert_eq!(memory.disk_bytes(), 0);
@@ -230,7 +231,7 @@ mod tests {
         let mapped = MemoryPlan::new(&config, rows, &head, 1000, DenseDevice::Cpu);
         assert_eq!(mapped.disk_bytes(), table + state);
         assert_eq!(mapped.bytes_on(TABLE_DEVICE), memory.bytes_on(TABLE_DEVICE) - table - state);
-        assert_eq!(mapped.table_file_bytes(), Some(crate::mem::mapped::HEADER_BYTES + table + state));
+        assert_eq!(mapped.table_file_bytes(), Some(crate::mem::mapped::HEADER_BYTES + table + state.next_multiple_of(4096)));
         mapped.check(&config, DenseDevice::Cpu).unwrap();
         let text = mapped.describe();
         assert!(text.contains("disk /data/t.table: 7.680 GB (embedding table 2.560 GB, table optimizer state 5.120 GB; mapped"), "{text}");
