@@ -239,11 +239,13 @@ fn ms(t: Instant) -> f64 {
 }
 
 pub fn run(args: OptimArgs) -> anyhow::Result<()> {
-    let report = super::with_threads(args.threads, || bench(&args))??;
+    let (report, files) = super::with_threads(args.threads, || bench(&args))??;
     print_report(&report);
     if let Some(path) = &args.json {
         super::write_json(path, &report)?;
     }
+    // Last: freeing written blocks can take minutes (see BenchFiles).
+    drop(files);
     Ok(())
 }
 
@@ -299,15 +301,19 @@ impl Faults {
     }
 }
 
-/// Faults in the pages of rows `ids` (`width` elements each) for writing,
-/// several at once; where the kernel cannot, reads one element per row.
+/// Reads the first and last element of each row in `ids` (`width` elements
+/// per row), in parallel, so that the pages of the rows a step is about to
+/// update are mapped, several page faults (disk reads) in flight at once. A
+/// row already mapped costs a cache miss, not a system call. Write faults on
+/// clean pages (first write, or after write-back) remain in the step.
 fn fault_in<T: Copy + Send + Sync>(values: &[T], width: usize, ids: &[u32]) {
-    if width == 0 || crate::mem::populate_rows(values, width, ids) {
+    if width == 0 {
         return;
     }
     ids.par_chunks(256).for_each(|chunk| {
         for &r in chunk {
-            std::hint::black_box(values[r as usize * width]);
+            let row = &values[r as usize * width..(r as usize + 1) * width];
+            std::hint::black_box((row[0], row[width - 1]));
         }
     });
 }
@@ -370,7 +376,8 @@ fn evict_caches(buf: &[u64]) {
     std::hint::black_box(sum);
 }
 
-fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
+/// The report, and the table files to remove once it is out.
+fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> {
     let lr = 1e-3f32;
     let configs: Vec<TableOptimizerConfig> = args.optimizers.iter().map(|n| optimizer_config(n, args, lr)).collect::<anyhow::Result<_>>()?;
     if args.steps == 0 || args.batch == 0 || args.bag == 0 || args.rounds == 0 {
@@ -495,14 +502,8 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
                 rss_bytes,
             });
         }
-        // The state files of this optimizer go before the next one's are made.
-        drop(optimizers);
-        if let Some(f) = &mut files {
-            f.remove_matching(".state");
-        }
     }
     drop(sizes);
-    drop(files);
     let tables: u64 = args.rows.iter().map(|&r| (r * dim * 4) as u64).sum();
     let states = configs.iter().map(|c| args.rows.iter().map(|&r| c.state_bytes(r, dim)).sum::<u64>()).max().unwrap_or(0);
     let (plan_resident_bytes, plan_disk_bytes) = if mapped { (0, tables + states) } else { (tables + states, 0) };
@@ -516,7 +517,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
     }
     let targets = targets(&runs, triad.as_ref());
     let other_processes_cpu = cpu_start.and_then(|c| c.others_since());
-    Ok(OptimReport {
+    let report = OptimReport {
         machine,
         args: args.clone(),
         triad,
@@ -527,7 +528,8 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
         peak_rss_bytes: crate::sys::peak_rss_bytes().unwrap_or(0),
         plan_resident_bytes,
         plan_disk_bytes,
-    })
+    };
+    Ok((report, files))
 }
 
 /// Owner named in the headers of the bench's table files: a later bench may
@@ -550,20 +552,17 @@ impl BenchFiles {
         let (r, _file) = mapped::place_in(file, build)?;
         Ok(r)
     }
-
-    fn remove_matching(&mut self, suffix: &str) {
-        self.created.retain(|p| {
-            let matches = p.to_string_lossy().ends_with(suffix);
-            if matches {
-                let _ = std::fs::remove_file(p);
-            }
-            !matches
-        });
-    }
 }
 
 impl Drop for BenchFiles {
+    /// Removes the files. On a filesystem mounted with `discard` (this VM's
+    /// root), freeing the blocks written during the run waits for the device:
+    /// about 16 MB/s here, so the removal is logged and done after the report.
     fn drop(&mut self) {
+        let bytes: u64 = self.created.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        if !self.created.is_empty() {
+            log::info!("removing {} table files ({:.2} GB) from {}", self.created.len(), bytes as f64 / 1e9, self.dir.display());
+        }
         for p in &self.created {
             let _ = std::fs::remove_file(p);
         }
