@@ -1,6 +1,7 @@
-//! Memory for tables and optimizer state: cache-line aligned buffers,
-//! transparent huge pages, prefetch hints and prefaulting. Below `model` and
-//! `optim`, which both allocate row arrays with it.
+//! Memory for tables and optimizer state: cache-line aligned buffers in
+//! anonymous memory or in a mapped table file ([`mapped`]), transparent huge
+//! pages, prefetch hints and prefaulting. Below `model` and `optim`, which
+//! both allocate row arrays with it.
 
 use rayon::prelude::*;
 

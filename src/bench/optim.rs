@@ -255,6 +255,8 @@ struct Size {
     batches: Vec<Vec<u32>>,
     /// Each batch's distinct ids, sorted (what a step faults in and materialises).
     unique: Vec<Vec<u32>>,
+    /// Table and state are in mapped files: fault the batch's rows in first, timed apart.
+    mapped: bool,
     table: EmbeddingTable,
     pooled: Vec<f32>,
     grad: SparseGrad,
@@ -320,7 +322,7 @@ fn fault_in<T: Copy + Send + Sync>(values: &[T], width: usize, ids: &[u32]) {
 
 impl Size {
     /// One training-shaped step: pool, backward to a sparse gradient, optimizer step.
-    fn step(&mut self, optimizer: &mut dyn TableOptimizer, offsets: &[usize], d_pooled: &[f32], lr: f32, evict: &[u64], mapped: bool, samples: Option<&mut Samples>) {
+    fn step(&mut self, optimizer: &mut dyn TableOptimizer, offsets: &[usize], d_pooled: &[f32], lr: f32, evict: &[u64], samples: Option<&mut Samples>) {
         let dim = self.table.dim();
         let i = self.next % self.batches.len();
         let bags = Bags::new(&self.batches[i], offsets);
@@ -329,7 +331,7 @@ impl Size {
         let t = Instant::now();
         // A lazy table (mmap) generates rows on first use, as training does.
         self.table.materialize(&self.unique[i]);
-        if mapped {
+        if self.mapped {
             let ids = &self.unique[i];
             fault_in(self.table.as_slice(), dim, ids);
             let rows = self.rows;
@@ -437,7 +439,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
                 u
             })
             .collect();
-        sizes.push(Size { rows, batches, unique, table, pooled: vec![0.0f32; args.batch * dim], grad: SparseGrad::new(dim), next: 0 });
+        sizes.push(Size { rows, batches, unique, mapped, table, pooled: vec![0.0f32; args.batch * dim], grad: SparseGrad::new(dim), next: 0 });
     }
 
     // Non-zero contents, so that no page is the shared zero page.
@@ -464,10 +466,10 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
             let block = timed * (round + 1) / args.rounds - timed * round / args.rounds;
             for ((size, optimizer), samples) in sizes.iter_mut().zip(&mut optimizers).zip(&mut samples) {
                 for _ in 0..args.warmup {
-                    size.step(optimizer.as_mut(), &offsets, &d_pooled, lr, &evict, mapped, None);
+                    size.step(optimizer.as_mut(), &offsets, &d_pooled, lr, &evict, None);
                 }
                 for _ in 0..block {
-                    size.step(optimizer.as_mut(), &offsets, &d_pooled, lr, &evict, mapped, Some(samples));
+                    size.step(optimizer.as_mut(), &offsets, &d_pooled, lr, &evict, Some(samples));
                 }
             }
         }

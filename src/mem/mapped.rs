@@ -119,7 +119,12 @@ impl TableFile {
             );
         }
         // Fresh contents: every region must read as zeros.
-        zero_file(&file, reserve.max(HEADER_BYTES)).with_context(|| format!("{key}: cannot reserve {} at {}", crate::memory::size(reserve), path.display()))?;
+        if let Err(e) = zero_file(&file, reserve.max(HEADER_BYTES)) {
+            if !existed {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e).with_context(|| format!("{key}: cannot reserve {} at {}", crate::memory::size(reserve), path.display()));
+        }
         let tf = TableFile {
             file: Arc::new(file),
             path: path.to_path_buf(),
@@ -154,14 +159,15 @@ impl TableFile {
     }
 
     /// Names the region that starts at `ptr` (e.g. `table` or `state.sum_sq`),
-    /// so that readers of the header can find it. Unknown pointers are ignored.
-    pub fn name_region(&mut self, ptr: *const u8, name: &str, shape: &[u64]) {
+    /// so that readers of the header can find it. Returns false if no region
+    /// starts there (the array is not in this file).
+    pub fn name_region(&mut self, ptr: *const u8, name: &str, shape: &[u64]) -> bool {
         let addr = ptr as usize;
-        if let Some(i) = self.addresses.iter().position(|&(a, _)| a == addr) {
-            let r = &mut self.header.regions[self.addresses[i].1];
-            r.name = name.to_string();
-            r.shape = shape.to_vec();
-        }
+        let Some(&(_, i)) = self.addresses.iter().find(|&&(a, _)| a == addr) else { return false };
+        let r = &mut self.header.regions[i];
+        r.name = name.to_string();
+        r.shape = shape.to_vec();
+        true
     }
 
     pub fn set_note(&mut self, note: &str) {
@@ -307,7 +313,8 @@ mod tests {
         a[0] = 1.5;
         a[999] = -2.0;
         b[7] = 9;
-        file.name_region(a.as_ptr().cast(), "table", &[250, 4]);
+        assert!(file.name_region(a.as_ptr().cast(), "table", &[250, 4]));
+        assert!(!file.name_region(heap.as_ptr().cast(), "heap", &[1000]), "an array outside the file has no region");
         file.write_header().unwrap();
 
         let header = read_header(&path).unwrap().expect("a table file");

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 use crate::config::Config;
 use crate::mem::mapped::{self, TableFile};
@@ -31,7 +31,12 @@ pub(super) fn place_table(
     let reserve = plan.table_file_bytes().unwrap_or(0).saturating_add(8 * 4096);
     let file = TableFile::create(path, &owner, reserve, "model.table_path")?;
     let ((table, optimizer), mut file) = mapped::place_in(file, build)?;
-    file.name_region(table.as_slice().as_ptr().cast(), "table", &[table.rows() as u64, table.dim() as u64]);
+    // Every array must have landed in the file: one allocated elsewhere (e.g. on
+    // another thread, outside place_in) would silently take host memory.
+    if table.rows() > 0 && !file.name_region(table.as_slice().as_ptr().cast(), "table", &[table.rows() as u64, table.dim() as u64]) {
+        bail!("model.table_path: the table was not allocated in {}", path.display());
+    }
+    let per_row = optimizer.per_row_state();
     for (name, data) in optimizer.state() {
         let (ptr, len): (*const u8, usize) = match data {
             StateData::F32(x) => (x.as_ptr().cast(), x.len()),
@@ -40,10 +45,13 @@ pub(super) fn place_table(
             StateData::U64(x) => (x.as_ptr().cast(), x.len()),
         };
         let rows = table.rows().max(1) as u64;
-        file.name_region(ptr, &format!("state.{name}"), &[rows, len as u64 / rows]);
+        // Global values (a step count) live in the optimizer itself, not in an array.
+        if !file.name_region(ptr, &format!("state.{name}"), &[rows, len as u64 / rows]) && per_row.contains(&name) && len > 0 {
+            bail!("model.table_path: the {} optimizer allocated its state {name:?} outside {}", optimizer.name(), path.display());
+        }
     }
     file.set_note(&format!(
-        "rows are {held_ids}; rows no batch has touched yet are zeros (their initial values come from the checkpoint's recipe); f32 little-endian, row-major; the checkpoints, not this file, are the durable record"
+        "rows are {held_ids}; rows not yet materialised (a lazily initialised table) are zeros, their initial values being the checkpoint's recipe; f32 little-endian, row-major; the checkpoints, not this file, are the durable record"
     ));
     file.write_header()?;
     Ok((table, optimizer))
