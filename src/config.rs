@@ -71,11 +71,18 @@ pub struct ModelConfig {
     /// Hidden layer widths of the head; empty = linear classifier.
     pub hidden: Vec<usize>,
     pub init: TableInit,
+    /// Where the table's rows and its optimizer's state live: "memory", or
+    /// "mmap" (a file at `table_path`, for tables larger than RAM).
+    pub table_storage: crate::memory::TableStorage,
+    /// The table file for `table_storage = "mmap"` (relative to the current
+    /// directory). Refused if it holds anything but this run's own table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_path: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { dim: 64, pooling: Pooling::Mean, hidden: Vec::new(), init: TableInit::default() }
+        ModelConfig { dim: 64, pooling: Pooling::Mean, hidden: Vec::new(), init: TableInit::default(), table_storage: Default::default(), table_path: None }
     }
 }
 
@@ -364,6 +371,14 @@ impl Config {
     fn validate_values(&self, source: &dyn Fn(&str) -> String) -> anyhow::Result<()> {
         let positive = |key: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(at(source, key, format!("must be a positive number, got {v}"))) };
         let unit = |key: &str, v: f64| if (0.0..1.0).contains(&v) { Ok(()) } else { Err(at(source, key, format!("must be in [0, 1), got {v}"))) };
+        match (self.model.table_storage, &self.model.table_path) {
+            (crate::memory::TableStorage::Mmap, None) => bail!(at(source, "model.table_path", "required with model.table_storage = \"mmap\" (the file that holds the table)")),
+            (crate::memory::TableStorage::Mmap, Some(p)) if p.as_os_str().is_empty() || p.is_dir() => {
+                bail!(at(source, "model.table_path", format!("must name a file, got {:?}", p.display().to_string())))
+            }
+            (crate::memory::TableStorage::Memory, Some(_)) => bail!(at(source, "model.table_path", "is only used with model.table_storage = \"mmap\" (it is \"memory\")")),
+            _ => {}
+        }
         if self.train.batch_size == 0 {
             bail!(at(source, "train.batch_size", "must be at least 1, got 0"));
         }
@@ -426,6 +441,9 @@ impl Config {
             if !matches!(self.optimizer.table, crate::optim::TableOptimizerConfig::LazyAdam(_)) {
                 let kind = self.optimizer.table.name();
                 bail!(at(source, "optimizer.table.kind", format!("placement.embedding = \"{table}\" (the device table) supports only kind = \"lazy_adam\", got \"{kind}\"")));
+            }
+            if self.model.table_storage == crate::memory::TableStorage::Mmap {
+                bail!(at(source, "model.table_storage", format!("\"mmap\" keeps the table in a host file; placement.embedding = \"{table}\" keeps it on a device: choose one")));
             }
         }
         if let Some(gb) = self.memory.host_max_gb {

@@ -1,8 +1,11 @@
-//! Memory for tables and optimizer state: cache-line aligned buffers,
-//! transparent huge pages, prefetch hints and prefaulting. Below `model` and
-//! `optim`, which both allocate row arrays with it.
+//! Memory for tables and optimizer state: cache-line aligned buffers in
+//! anonymous memory or in a mapped table file ([`mapped`]), transparent huge
+//! pages, prefetch hints and prefaulting. Below `model` and `optim`, which
+//! both allocate row arrays with it.
 
 use rayon::prelude::*;
+
+pub mod mapped;
 
 /// Rows and state arrays start on a cache-line boundary. Large allocations
 /// from malloc are page-aligned plus a 16-byte header, which would make every
@@ -15,19 +18,27 @@ pub const ALIGN_BYTES: usize = 64;
 /// of every array (w, m, v).
 const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 
-/// A fixed-length buffer whose first element sits on a 64-byte boundary.
+/// A fixed-length buffer whose first element sits on a 64-byte boundary,
+/// in anonymous memory or in a region of a table file ([`mapped`]).
 ///
-/// It is a `Vec<T>` with up to 64 bytes of slack; the visible part starts at
-/// `offset`. Kept a plain `Vec` (not a custom allocation) so that loading can
-/// realign a checkpoint's `Vec` in place and `into_vec` can hand one back,
-/// neither needing a second table-sized buffer.
+/// In memory it is a `Vec<T>` with up to 64 bytes of slack; the visible part
+/// starts at `offset`. Kept a plain `Vec` (not a custom allocation) so that
+/// loading can realign a checkpoint's `Vec` in place and `into_vec` can hand
+/// one back, neither needing a second table-sized buffer. A mapped region is
+/// page-aligned. `T` is plain old data, so file bytes are valid values.
 pub struct AlignedVec<T> {
-    buf: Vec<T>,
+    backing: Backing<T>,
     offset: usize,
     len: usize,
 }
 
-impl<T: Copy + Default + Send + Sync> AlignedVec<T> {
+enum Backing<T> {
+    Heap(Vec<T>),
+    /// Inside [`mapped::place_in`]: the table and optimizer state of `model.table_storage = "mmap"`.
+    Mapped(mapped::MappedRegion),
+}
+
+impl<T: bytemuck::Pod + Default + Send + Sync> AlignedVec<T> {
     fn slack() -> usize {
         let size = std::mem::size_of::<T>();
         assert!(size > 0 && ALIGN_BYTES.is_multiple_of(size), "element size must divide {ALIGN_BYTES}");
@@ -42,19 +53,24 @@ impl<T: Copy + Default + Send + Sync> AlignedVec<T> {
 
     /// A zero-filled buffer. Its pages are mapped lazily by the OS (the
     /// caller writes every element, or use [`AlignedVec::zeroed_prefaulted`]).
+    /// Inside [`mapped::place_in`] it is a region of the table file.
     pub fn zeroed(len: usize) -> Self {
+        let size = std::mem::size_of::<T>();
+        if let Some(region) = mapped::zeroed_region(len * size, size) {
+            return AlignedVec { backing: Backing::Mapped(region), offset: 0, len };
+        }
         // vec! of zeros comes from calloc: fresh pages, not yet touched, so the
         // huge-page advice applies before the first fault.
         let mut buf = vec![T::default(); len + Self::slack()];
         advise_huge_pages(&mut buf);
         let offset = Self::offset_in(&buf);
-        AlignedVec { buf, offset, len }
+        AlignedVec { backing: Backing::Heap(buf), offset, len }
     }
 
     /// A zero-filled buffer whose pages are already mapped.
     pub fn zeroed_prefaulted(len: usize) -> Self {
         let mut v = Self::zeroed(len);
-        prefault(&mut v.buf);
+        prefault(&mut v);
         v
     }
 
@@ -70,32 +86,45 @@ impl<T: Copy + Default + Send + Sync> AlignedVec<T> {
         if offset != 0 {
             buf.copy_within(0..len, offset);
         }
-        AlignedVec { buf, offset, len }
+        AlignedVec { backing: Backing::Heap(buf), offset, len }
     }
 
-    pub fn into_vec(mut self) -> Vec<T> {
-        if self.offset != 0 {
-            self.buf.copy_within(self.offset..self.offset + self.len, 0);
+    /// The values as a `Vec`: no copy in memory, a full copy from a mapped file.
+    pub fn into_vec(self) -> Vec<T> {
+        match self.backing {
+            Backing::Heap(mut buf) => {
+                if self.offset != 0 {
+                    buf.copy_within(self.offset..self.offset + self.len, 0);
+                }
+                buf.truncate(self.len);
+                buf
+            }
+            Backing::Mapped(_) => self.to_vec(),
         }
-        self.buf.truncate(self.len);
-        self.buf
     }
 }
 
-impl<T> std::ops::Deref for AlignedVec<T> {
+impl<T: bytemuck::Pod> std::ops::Deref for AlignedVec<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.buf[self.offset..self.offset + self.len]
+        match &self.backing {
+            Backing::Heap(buf) => &buf[self.offset..self.offset + self.len],
+            // Pod: any bytes are valid values; the region is page-aligned (cast_slice checks).
+            Backing::Mapped(r) => &bytemuck::cast_slice(r.bytes())[..self.len],
+        }
     }
 }
 
-impl<T> std::ops::DerefMut for AlignedVec<T> {
+impl<T: bytemuck::Pod> std::ops::DerefMut for AlignedVec<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.buf[self.offset..self.offset + self.len]
+        match &mut self.backing {
+            Backing::Heap(buf) => &mut buf[self.offset..self.offset + self.len],
+            Backing::Mapped(r) => &mut bytemuck::cast_slice_mut(r.bytes_mut())[..self.len],
+        }
     }
 }
 
-impl<T: Copy + Default + Send + Sync> Clone for AlignedVec<T> {
+impl<T: bytemuck::Pod + Default + Send + Sync> Clone for AlignedVec<T> {
     fn clone(&self) -> Self {
         // A fresh allocation has its own alignment: re-derive the offset.
         let mut c = Self::zeroed(self.len);
@@ -104,13 +133,13 @@ impl<T: Copy + Default + Send + Sync> Clone for AlignedVec<T> {
     }
 }
 
-impl<T: PartialEq> PartialEq for AlignedVec<T> {
+impl<T: bytemuck::Pod + PartialEq> PartialEq for AlignedVec<T> {
     fn eq(&self, other: &Self) -> bool {
         **self == **other
     }
 }
 
-impl<T: std::fmt::Debug> std::fmt::Debug for AlignedVec<T> {
+impl<T: bytemuck::Pod + std::fmt::Debug> std::fmt::Debug for AlignedVec<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         (**self).fmt(f)
     }

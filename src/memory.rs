@@ -4,6 +4,7 @@
 //! swapping or dying half-way.
 
 use anyhow::bail;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::device::{DenseDevice, TABLE_DEVICE};
@@ -26,6 +27,35 @@ pub struct MemoryPlan {
 
 const F32: u64 = 4;
 
+/// Where the table's rows and its optimizer's state live (`model.table_storage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableStorage {
+    /// Anonymous host memory.
+    #[default]
+    Memory,
+    /// A file at `model.table_path`, mapped: the kernel keeps hot rows in the
+    /// page cache and writes the rest back, so a table larger than RAM trains.
+    Mmap,
+}
+
+impl TableStorage {
+    pub fn name(self) -> &'static str {
+        match self {
+            TableStorage::Memory => "memory",
+            TableStorage::Mmap => "mmap",
+        }
+    }
+}
+
+/// The plan's device name for arrays in a mapped table file: they take disk
+/// space, and only the pages in use take (reclaimable) memory.
+pub fn file_device(path: &std::path::Path) -> String {
+    format!("{FILE_DEVICE_PREFIX}{}", path.display())
+}
+
+const FILE_DEVICE_PREFIX: &str = "file:";
+
 impl MemoryPlan {
     /// The plan for a `rows`-row table, this head, and `dataset_ids` encoded ids in memory.
     ///
@@ -45,19 +75,24 @@ impl MemoryPlan {
         let table_state = if table == u64::MAX { u64::MAX } else { config.optimizer.table.state_bytes(rows, config.model.dim) };
         // A device table (`placement.embedding` other than "cpu") holds the table, m and v
         // there, and the trainer keeps a host copy of both for checkpoints and evaluation.
-        let table_device = crate::device::parse_table_placement(&config.placement.embedding).unwrap_or_default();
+        // A mapped table and its state are on disk: the host budget checks only what must be resident.
+        let placement = crate::device::parse_table_placement(&config.placement.embedding).unwrap_or_default();
+        let table_device = match (config.model.table_storage, &config.model.table_path) {
+            (TableStorage::Mmap, Some(path)) => file_device(path),
+            _ => placement.tf_name(),
+        };
         let mut items = vec![
-            MemoryItem { device: table_device.tf_name(), what: "embedding table", bytes: table },
-            MemoryItem { device: table_device.tf_name(), what: "table optimizer state", bytes: table_state },
+            MemoryItem { device: table_device.clone(), what: "embedding table", bytes: table },
+            MemoryItem { device: table_device, what: "table optimizer state", bytes: table_state },
         ];
-        if table_device != crate::device::TablePlacement::Host {
+        if placement != crate::device::TablePlacement::Host {
             items.push(MemoryItem { device: host.clone(), what: "host copy of the table", bytes: table });
             items.push(MemoryItem { device: host.clone(), what: "host copy of the optimizer state", bytes: table_state });
         }
         items.extend([
             MemoryItem { device: host.clone(), what: "encoded datasets", bytes: mul(&[dataset_ids, 4]) },
             // Pooled activations and their gradient, where the bag runs.
-            MemoryItem { device: table_device.tf_name(), what: "bag activations", bytes: mul(&[2, batch, dim, F32]) },
+            MemoryItem { device: placement.tf_name(), what: "bag activations", bytes: mul(&[2, batch, dim, F32]) },
             // Weights, gradients, and Adam's two moments.
             MemoryItem { device: dense_name.clone(), what: "head parameters + grads + Adam state", bytes: mul(&[4, params, F32]) },
             // Every layer's output and its gradient for one batch.
@@ -68,6 +103,17 @@ impl MemoryPlan {
 
     pub fn bytes_on(&self, device: &str) -> u64 {
         self.items.iter().filter(|i| i.device == device).fold(0u64, |sum, i| sum.saturating_add(i.bytes))
+    }
+
+    /// Bytes of arrays in mapped table files (disk, not resident memory).
+    pub fn disk_bytes(&self) -> u64 {
+        self.items.iter().filter(|i| i.device.starts_with(FILE_DEVICE_PREFIX)).fold(0u64, |sum, i| sum.saturating_add(i.bytes))
+    }
+
+    /// Bytes on this file device, as [`crate::mem::mapped::file_bytes`] lays them out.
+    pub fn table_file_bytes(&self) -> Option<u64> {
+        let on_disk: Vec<u64> = self.items.iter().filter(|i| i.device.starts_with(FILE_DEVICE_PREFIX)).map(|i| i.bytes).collect();
+        (!on_disk.is_empty()).then(|| crate::mem::mapped::file_bytes(&on_disk))
     }
 
     /// One line per device with its items, for the start-of-run log.
@@ -82,7 +128,10 @@ impl MemoryPlan {
             .iter()
             .map(|d| {
                 let parts: Vec<String> = self.items.iter().filter(|i| i.device == *d).map(|i| format!("{} {}", i.what, size(i.bytes))).collect();
-                format!("{d}: {} ({})", size(self.bytes_on(d)), parts.join(", "))
+                match d.strip_prefix(FILE_DEVICE_PREFIX) {
+                    Some(path) => format!("disk {path}: {} ({}; mapped, only the pages in use are resident)", size(self.bytes_on(d)), parts.join(", ")),
+                    None => format!("{d}: {} ({})", size(self.bytes_on(d)), parts.join(", ")),
+                }
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -92,7 +141,7 @@ impl MemoryPlan {
     /// memory, and on a GPU `memory.gpu_max_gb` / `memory.gpu_fraction`.
     pub fn check(&self, config: &Config, dense: DenseDevice) -> anyhow::Result<()> {
         let host = self.bytes_on(TABLE_DEVICE);
-        let hint = "lower vocab.buckets or model.dim, or use a smaller optimizer state (bias_correction, weight_decay)";
+        let hint = "lower vocab.buckets or model.dim, use a smaller optimizer state (bias_correction, weight_decay; kind = \"rowwise_adagrad\"), or put the table on disk (model.table_storage = \"mmap\")";
         if let Some(item) = self.items.iter().find(|i| i.bytes == u64::MAX) {
             bail!(
                 "memory plan: the {} on {} would need more than 2^64 bytes (model.dim = {}, model.hidden = {:?}, train.batch_size = {}): {}",
@@ -165,4 +214,39 @@ fn gpu_total_bytes(n: usize) -> anyhow::Result<u64> {
 #[cfg(not(feature = "cuda"))]
 fn gpu_total_bytes(_n: usize) -> anyhow::Result<u64> {
     bail!("memory.gpu_fraction needs a CUDA build (cargo build --release --features cuda)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mapped table and its state count as disk bytes, not against the host
+    /// budget; in memory the same config is refused by that budget.
+    #[test]
+    fn a_mapped_table_counts_on_disk_not_against_host_memory() {
+        let mut config = Config::default();
+        config.model.dim = 64;
+        config.optimizer.table = crate::optim::TableOptimizerConfig::named("lazy_adam").unwrap();
+        config.memory.host_max_gb = Some(1.0);
+        let head = HeadConfig { input: 64, hidden: vec![], classes: 10 };
+        let rows = 10_000_000;
+        // m and v (2 × 64 f32 per row) and lazy_adam's global step count.
+        let (table, state) = (rows as u64 * 64 * 4, rows as u64 * 64 * 4 * 2 + 8);
+
+        let memory = MemoryPlan::new(&config, rows, &head, 1000, DenseDevice::Cpu);
+        assert_eq!(memory.disk_bytes(), 0);
+        assert!(memory.bytes_on(TABLE_DEVICE) >= table + state);
+        let e = memory.check(&config, DenseDevice::Cpu).unwrap_err().to_string();
+        assert!(e.contains("memory.host_max_gb = 1") && e.contains("model.table_storage = \"mmap\""), "{e}");
+
+        config.model.table_storage = TableStorage::Mmap;
+        config.model.table_path = Some("/data/t.table".into());
+        let mapped = MemoryPlan::new(&config, rows, &head, 1000, DenseDevice::Cpu);
+        assert_eq!(mapped.disk_bytes(), table + state);
+        assert_eq!(mapped.bytes_on(TABLE_DEVICE), memory.bytes_on(TABLE_DEVICE) - table - state);
+        assert_eq!(mapped.table_file_bytes(), Some(crate::mem::mapped::HEADER_BYTES + table + state.next_multiple_of(4096)));
+        mapped.check(&config, DenseDevice::Cpu).unwrap();
+        let text = mapped.describe();
+        assert!(text.contains("disk /data/t.table: 7.680 GB (embedding table 2.560 GB, table optimizer state 5.120 GB; mapped"), "{text}");
+    }
 }

@@ -8,6 +8,12 @@
 //! in memory at once (per optimizer), and the timed steps run in rounds over
 //! the sizes, so that the ratios between sizes hold on a machine shared with
 //! other work.
+//!
+//! With `--table-storage mmap` each table and each optimizer's state live in
+//! files under `--table-path` (mapped as training maps `model.table_storage =
+//! "mmap"`), rows are initialised lazily on first touch, and every step first
+//! faults in the rows of its batch (timed apart: "fault-in"), so the step time
+//! splits into page faults / disk reads and compute.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,8 +28,10 @@ use serde::Serialize;
 use super::stats::Summary;
 use super::triad::{triad, TriadResult};
 use super::MachineInfo;
-use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableInit};
-use crate::optim::{TableOptimizer, TableOptimizerConfig};
+use crate::mem::mapped::{self, TableFile};
+use crate::memory::TableStorage;
+use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableInit, TableRecipe};
+use crate::optim::{StateData, TableOptimizer, TableOptimizerConfig};
 
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
@@ -88,6 +96,12 @@ pub struct OptimArgs {
     /// difference between sizes is the cost of table size itself.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub evict_mb: usize,
+    /// Where tables and optimizer state live: memory, or mmap (files under --table-path).
+    #[cfg_attr(feature = "cli", arg(long, default_value = "memory"))]
+    pub table_storage: String,
+    /// Folder for the table files of --table-storage mmap (removed again at the end).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub table_path: Option<PathBuf>,
     /// Threads (0 = all cores).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub threads: usize,
@@ -120,6 +134,20 @@ pub struct OptimRun {
     pub triad_fraction: Option<f64>,
     /// Seconds to allocate and pre-fault the optimizer state.
     pub state_init_s: f64,
+    /// "memory" or "mmap".
+    pub table_storage: String,
+    /// Table + optimizer state bytes (the memory plan's figure for them): in
+    /// memory, or in the files of a mapped run.
+    pub plan_bytes: u64,
+    /// With mmap: faulting in the batch's rows (table and per-row state) before the step.
+    pub fault_in: Option<Summary>,
+    /// Page faults per timed step (fault-in and step), from /proc/self/stat.
+    pub major_faults_per_step: f64,
+    pub minor_faults_per_step: f64,
+    /// Bytes read from disk per timed step (/proc/self/io read_bytes).
+    pub read_bytes_per_step: f64,
+    /// Resident set size after this optimizer's timed steps on all sizes.
+    pub rss_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -134,6 +162,13 @@ pub struct OptimReport {
     /// Share of the machine's CPU used by other processes during the run
     /// (this machine is shared: figures taken under load are slower).
     pub other_processes_cpu: Option<f64>,
+    /// Peak resident set size of the process (VmHWM), and what the memory
+    /// plan says must be resident: every table and, for the optimizer with the
+    /// most, its state on every size (only one optimizer's state exists at a
+    /// time); nothing of them with mmap.
+    pub peak_rss_bytes: u64,
+    pub plan_resident_bytes: u64,
+    pub plan_disk_bytes: u64,
 }
 
 /// A figure set against its target (issue 7).
@@ -204,11 +239,13 @@ fn ms(t: Instant) -> f64 {
 }
 
 pub fn run(args: OptimArgs) -> anyhow::Result<()> {
-    let report = super::with_threads(args.threads, || bench(&args))??;
+    let (report, files) = super::with_threads(args.threads, || bench(&args))??;
     print_report(&report);
     if let Some(path) = &args.json {
         super::write_json(path, &report)?;
     }
+    // Last: freeing written blocks can take minutes (see BenchFiles).
+    drop(files);
     Ok(())
 }
 
@@ -216,6 +253,10 @@ pub fn run(args: OptimArgs) -> anyhow::Result<()> {
 struct Size {
     rows: usize,
     batches: Vec<Vec<u32>>,
+    /// Each batch's distinct ids, sorted (what a step faults in and materialises).
+    unique: Vec<Vec<u32>>,
+    /// Table and state are in mapped files: fault the batch's rows in first, timed apart.
+    mapped: bool,
     table: EmbeddingTable,
     pooled: Vec<f32>,
     grad: SparseGrad,
@@ -226,18 +267,87 @@ struct Size {
 /// Timings of one optimizer on one size.
 #[derive(Default)]
 struct Samples {
+    fault_in: Vec<f64>,
     fwd: Vec<f64>,
     bwd: Vec<f64>,
     opt: Vec<f64>,
     touched: usize,
+    faults: Faults,
+}
+
+/// Page faults and disk reads of this process so far.
+#[derive(Clone, Copy, Debug, Default)]
+struct Faults {
+    minor: u64,
+    major: u64,
+    read_bytes: u64,
+}
+
+impl Faults {
+    /// From /proc/self/stat (fields 10 and 12: minflt, majflt, every thread) and /proc/self/io.
+    fn now() -> Faults {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0);
+        let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let read_bytes = io.lines().find_map(|l| l.strip_prefix("read_bytes:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        Faults { minor: field(10), major: field(12), read_bytes }
+    }
+
+    fn add_since(&mut self, start: Faults) {
+        let now = Faults::now();
+        self.minor += now.minor.saturating_sub(start.minor);
+        self.major += now.major.saturating_sub(start.major);
+        self.read_bytes += now.read_bytes.saturating_sub(start.read_bytes);
+    }
+}
+
+/// Reads the first and last element of each row in `ids` (`width` elements
+/// per row), in parallel, so that the pages of the rows a step is about to
+/// update are mapped, several page faults (disk reads) in flight at once. A
+/// row already mapped costs a cache miss, not a system call. Write faults on
+/// clean pages (first write, or after write-back) remain in the step.
+fn fault_in<T: Copy + Send + Sync>(values: &[T], width: usize, ids: &[u32]) {
+    if width == 0 {
+        return;
+    }
+    ids.par_chunks(256).for_each(|chunk| {
+        for &r in chunk {
+            let row = &values[r as usize * width..(r as usize + 1) * width];
+            std::hint::black_box((row[0], row[width - 1]));
+        }
+    });
 }
 
 impl Size {
     /// One training-shaped step: pool, backward to a sparse gradient, optimizer step.
     fn step(&mut self, optimizer: &mut dyn TableOptimizer, offsets: &[usize], d_pooled: &[f32], lr: f32, evict: &[u64], samples: Option<&mut Samples>) {
         let dim = self.table.dim();
-        let bags = Bags::new(&self.batches[self.next % self.batches.len()], offsets);
+        let i = self.next % self.batches.len();
+        let bags = Bags::new(&self.batches[i], offsets);
         self.next += 1;
+        let faults = Faults::now();
+        let t = Instant::now();
+        // A lazy table (mmap) generates rows on first use, as training does.
+        self.table.materialize(&self.unique[i]);
+        if self.mapped {
+            let ids = &self.unique[i];
+            fault_in(self.table.as_slice(), dim, ids);
+            let rows = self.rows;
+            let per_row = optimizer.per_row_state();
+            for (name, data) in optimizer.state() {
+                if per_row.contains(&name) {
+                    match data {
+                        StateData::F32(x) => fault_in(x, x.len() / rows, ids),
+                        StateData::U32(x) => fault_in(x, x.len() / rows, ids),
+                        StateData::F64(x) => fault_in(x, x.len() / rows, ids),
+                        StateData::U64(x) => fault_in(x, x.len() / rows, ids),
+                    }
+                }
+            }
+        }
+        let fault_ms = ms(t);
         let t = Instant::now();
         bag_forward(self.table.as_slice(), dim, bags, Pooling::Mean, &mut self.pooled);
         let f = ms(t);
@@ -250,6 +360,8 @@ impl Size {
         let o = ms(t);
         std::hint::black_box(&self.pooled);
         if let Some(s) = samples {
+            s.faults.add_since(faults);
+            s.fault_in.push(fault_ms);
             s.fwd.push(f);
             s.bwd.push(b);
             s.opt.push(o);
@@ -266,12 +378,26 @@ fn evict_caches(buf: &[u64]) {
     std::hint::black_box(sum);
 }
 
-fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
+/// The report, and the table files to remove once it is out.
+fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> {
     let lr = 1e-3f32;
     let configs: Vec<TableOptimizerConfig> = args.optimizers.iter().map(|n| optimizer_config(n, args, lr)).collect::<anyhow::Result<_>>()?;
     if args.steps == 0 || args.batch == 0 || args.bag == 0 || args.rounds == 0 {
         bail!("--steps, --rounds, --batch and --bag must be positive");
     }
+    let storage = match args.table_storage.as_str() {
+        "memory" => TableStorage::Memory,
+        "mmap" => TableStorage::Mmap,
+        other => bail!("--table-storage: {other:?} is not memory or mmap"),
+    };
+    let mapped = storage == TableStorage::Mmap;
+    let files = match (&args.table_path, mapped) {
+        (Some(dir), true) => Some(BenchFiles { dir: dir.clone(), created: Vec::new() }),
+        (None, true) => bail!("--table-path is required with --table-storage mmap (a folder for the table files)"),
+        (Some(_), false) => bail!("--table-path is only used with --table-storage mmap"),
+        (None, false) => None,
+    };
+    let mut files = files;
     let machine = MachineInfo::current();
     log::info!("machine: {} ({} cores, {} threads used, {:.1} GB)", machine.cpu, machine.cores, machine.threads_used, machine.memory_gb);
     let cpu_start = super::CpuSnapshot::now();
@@ -294,17 +420,26 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
     let mut sizes = Vec::new();
     for &rows in &args.rows {
         let t = Instant::now();
-        let table = EmbeddingTable::new(rows, dim, TableInit::default(), args.seed);
-        log::info!("{rows} rows × {dim}: table {:.2} GB initialised in {:.2} s", table.bytes() as f64 / 1e9, t.elapsed().as_secs_f64());
-        sizes.push(Size {
-            rows,
-            // Distinct batches, cycled: more than the caches could learn.
-            batches: zipf_batches(args, rows, DISTINCT_BATCHES)?,
-            table,
-            pooled: vec![0.0f32; args.batch * dim],
-            grad: SparseGrad::new(dim),
-            next: 0,
-        });
+        let table = match &mut files {
+            // Lazily initialised, as training does: start-up writes nothing to disk.
+            Some(f) => {
+                f.place(&format!("{rows}.table"), (rows * dim * 4) as u64, || EmbeddingTable::lazy(TableRecipe { rows, dim, init: TableInit::default(), seed: args.seed }))?
+            }
+            None => EmbeddingTable::new(rows, dim, TableInit::default(), args.seed),
+        };
+        log::info!("{rows} rows × {dim}: table {:.2} GB {} in {:.2} s", table.bytes() as f64 / 1e9, if mapped { "mapped" } else { "initialised" }, t.elapsed().as_secs_f64());
+        // Distinct batches, cycled: more than the caches could learn.
+        let batches = zipf_batches(args, rows, DISTINCT_BATCHES)?;
+        let unique = batches
+            .iter()
+            .map(|b| {
+                let mut u = b.clone();
+                u.sort_unstable();
+                u.dedup();
+                u
+            })
+            .collect();
+        sizes.push(Size { rows, batches, unique, mapped, table, pooled: vec![0.0f32; args.batch * dim], grad: SparseGrad::new(dim), next: 0 });
     }
 
     // Non-zero contents, so that no page is the shared zero page.
@@ -315,7 +450,10 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
         let mut init_s = Vec::new();
         for size in &sizes {
             let t = Instant::now();
-            optimizers.push(config.init(size.rows, dim));
+            optimizers.push(match &mut files {
+                Some(f) => f.place(&format!("{}.{}.state", size.rows, config.name()), config.state_bytes(size.rows, dim), || config.init(size.rows, dim))?,
+                None => config.init(size.rows, dim),
+            });
             init_s.push(t.elapsed().as_secs_f64());
         }
         let dense = optimizers.first().is_some_and(|o| !o.updates_only_grad_rows());
@@ -335,6 +473,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
                 }
             }
         }
+        let rss_bytes = crate::sys::rss_bytes().unwrap_or(0);
         for (((size, s), state_init_s), optimizer) in sizes.iter().zip(samples).zip(init_s).zip(&optimizers) {
             let touched = s.touched as f64 / timed as f64;
             let step = Summary::of(&s.opt);
@@ -356,10 +495,20 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
                 gb_per_s,
                 triad_fraction: None,
                 state_init_s,
+                table_storage: storage.name().into(),
+                plan_bytes: (size.rows * dim * 4) as u64 + config.state_bytes(size.rows, dim),
+                fault_in: mapped.then(|| Summary::of(&s.fault_in)),
+                major_faults_per_step: s.faults.major as f64 / timed as f64,
+                minor_faults_per_step: s.faults.minor as f64 / timed as f64,
+                read_bytes_per_step: s.faults.read_bytes as f64 / timed as f64,
+                rss_bytes,
             });
         }
     }
     drop(sizes);
+    let tables: u64 = args.rows.iter().map(|&r| (r * dim * 4) as u64).sum();
+    let states = configs.iter().map(|c| args.rows.iter().map(|&r| c.state_bytes(r, dim)).sum::<u64>()).max().unwrap_or(0);
+    let (plan_resident_bytes, plan_disk_bytes) = if mapped { (0, tables + states) } else { (tables + states, 0) };
     let triad_after = run_triad();
     let triad = match (triad_before, triad_after) {
         (Some(a), Some(b)) => Some(if b.gb_per_s > a.gb_per_s { b } else { a }),
@@ -370,7 +519,56 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
     }
     let targets = targets(&runs, triad.as_ref());
     let other_processes_cpu = cpu_start.and_then(|c| c.others_since());
-    Ok(OptimReport { machine, args: args.clone(), triad, triad_runs: [triad_before, triad_after].into_iter().flatten().collect(), runs, targets, other_processes_cpu })
+    let report = OptimReport {
+        machine,
+        args: args.clone(),
+        triad,
+        triad_runs: [triad_before, triad_after].into_iter().flatten().collect(),
+        runs,
+        targets,
+        other_processes_cpu,
+        peak_rss_bytes: crate::sys::peak_rss_bytes().unwrap_or(0),
+        plan_resident_bytes,
+        plan_disk_bytes,
+    };
+    Ok((report, files))
+}
+
+/// Owner named in the headers of the bench's table files: a later bench may
+/// replace files an interrupted one left behind, never anyone else's.
+const BENCH_OWNER: &str = "sparseburn bench optim";
+
+/// The table files of `--table-storage mmap`, removed when dropped.
+struct BenchFiles {
+    dir: PathBuf,
+    created: Vec<PathBuf>,
+}
+
+impl BenchFiles {
+    /// Runs `build` with its arrays in a new file `name` (`bytes` of arrays reserved).
+    fn place<R>(&mut self, name: &str, bytes: u64, build: impl FnOnce() -> R) -> anyhow::Result<R> {
+        let path = self.dir.join(format!("bench-{name}"));
+        // Room for page-aligning a few arrays (state may be several).
+        let file = TableFile::create(&path, BENCH_OWNER, mapped::file_bytes(&[bytes]) + 8 * 4096, "--table-path")?;
+        self.created.push(path);
+        let (r, _file) = mapped::place_in(file, build)?;
+        Ok(r)
+    }
+}
+
+impl Drop for BenchFiles {
+    /// Removes the files. On a filesystem mounted with `discard` (this VM's
+    /// root), freeing the blocks written during the run waits for the device:
+    /// about 16 MB/s here, so the removal is logged and done after the report.
+    fn drop(&mut self) {
+        let bytes: u64 = self.created.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        if !self.created.is_empty() {
+            log::info!("removing {} table files ({:.2} GB) from {}", self.created.len(), bytes as f64 / 1e9, self.dir.display());
+        }
+        for p in &self.created {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 fn find<'a>(runs: &'a [OptimRun], optimizer: &str, rows: usize) -> Option<&'a OptimRun> {
@@ -456,6 +654,32 @@ fn print_report(r: &OptimReport) {
             x.triad_fraction.map(|f| format!("{:.0}%", f * 100.0)).unwrap_or_else(|| "-".into()),
             x.bag_forward.median_ms,
             x.bag_backward.median_ms,
+        );
+    }
+    println!(
+        "memory: peak RSS {:.2} GB; plan {:.2} GB resident (tables and the largest optimizer state over all sizes){}",
+        r.peak_rss_bytes as f64 / 1e9,
+        r.plan_resident_bytes as f64 / 1e9,
+        if r.plan_disk_bytes > 0 { format!(", {:.2} GB in mapped files", r.plan_disk_bytes as f64 / 1e9) } else { String::new() }
+    );
+    println!(
+        "{:>10} {:<20} {:>7} {:>9} {:>12} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "rows", "optimizer", "storage", "plan GB", "fault-in ms", "step ms", "majflt/st", "minflt/st", "read MB/st", "RSS GB"
+    );
+    for x in &r.runs {
+        let step = x.bag_forward.median_ms + x.bag_backward.median_ms + x.optimizer_step.median_ms;
+        println!(
+            "{:>10} {:<20} {:>7} {:>9.3} {:>12} {:>10.3} {:>10.1} {:>10.1} {:>10.2} {:>9.2}",
+            x.rows,
+            x.optimizer,
+            x.table_storage,
+            x.plan_bytes as f64 / 1e9,
+            x.fault_in.map(|f| format!("{:.3}", f.median_ms)).unwrap_or_else(|| "-".into()),
+            step,
+            x.major_faults_per_step,
+            x.minor_faults_per_step,
+            x.read_bytes_per_step / 1e6,
+            x.rss_bytes as f64 / 1e9
         );
     }
     if !r.targets.is_empty() {

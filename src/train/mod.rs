@@ -15,6 +15,7 @@ mod rowset;
 pub mod run_dir;
 mod schedule;
 mod session;
+mod table_file;
 mod table_home;
 mod trainer;
 

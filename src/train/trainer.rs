@@ -372,16 +372,20 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
     if log {
         log::info!("memory plan:\n{}", plan.describe());
     }
-    let mut table_optimizer = config.optimizer.table.init(held_rows, dim);
     let mut head_optimizer = head_optimizer_config(&config).init::<B, Head<B>>();
     // Rows are generated from the recipe when first used: start-up costs
     // nothing per row, and rows no batch touches are never written.
     let recipe = TableRecipe { rows, dim, init: config.model.init, seed: config.experiment.seed };
-    let mut table = match &resident {
-        // Every held row is read (train or test): generate them all now, in parallel.
-        Some(r) => EmbeddingTable::from_recipe_rows(recipe, r.global_ids()),
-        None => EmbeddingTable::lazy(recipe),
-    };
+    let held_ids = if resident.is_some() { "the resident rows (memory.table_rows = \"reached\"), in increasing global id" } else { "all rows, by id" };
+    // The table first, then its state: in a table file, rows come first.
+    let (mut table, mut table_optimizer) = super::table_file::place_table(&config, &dir, &plan, held_ids, || {
+        let table = match &resident {
+            // Every held row is read (train or test): generate them all now, in parallel.
+            Some(r) => EmbeddingTable::from_recipe_rows(recipe, r.global_ids()),
+            None => EmbeddingTable::lazy(recipe),
+        };
+        (table, config.optimizer.table.init(held_rows, dim))
+    })?;
     let (head_weights, state) = match &checkpoint {
         Some(ckpt) => {
             ckpt.restore_table(&mut table, resident.as_deref())?;
@@ -515,6 +519,9 @@ impl<B: AutodiffBackend> Run<B> {
         if self.config.logging.log_device_placement {
             let mut text = String::from("device placement:");
             text += &format!("\n  embedding/table [{}, {}] (+ {} state): {} ({})", spec.table_rows, spec.dim, spec.table_optimizer, spec.table_device, self.home.describe());
+            if let (crate::memory::TableStorage::Mmap, Some(path)) = (self.config.model.table_storage, &self.config.model.table_path) {
+                text += &format!(" (rows and state on disk: {}, mmap)", path.display());
+            }
             text += &format!("\n  embedding/bag_pool ({}) and its sparse backward: {}", spec.pooling, spec.table_device);
             for (i, (a, b)) in spec.head_layers.iter().enumerate() {
                 text += &format!("\n  head/linear_{i} weight [{a}, {b}], bias [{b}]: {}", spec.dense_device);
@@ -532,25 +539,29 @@ impl<B: AutodiffBackend> Run<B> {
             };
             (key.to_string(), value)
         });
-        let hparams: Vec<(String, HParamValue)> = [("arm".into(), HParamValue::Str(c.experiment.arm.clone())), ("optimizer".into(), HParamValue::Str(t.name().into()))]
-            .into_iter()
-            .chain(table_hparams)
-            .chain([
-                ("head_lr".into(), HParamValue::Num(c.optimizer.head.lr)),
-                ("dim".into(), HParamValue::Num(c.model.dim as f64)),
-                ("buckets".into(), HParamValue::Num(c.vocab.buckets as f64)),
-                ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
-                ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
-                ("batch_size".into(), HParamValue::Num(c.train.batch_size as f64)),
-                ("epochs".into(), HParamValue::Num(c.train.epochs as f64)),
-                ("hidden".into(), HParamValue::Str(format!("{:?}", c.model.hidden))),
-                ("split".into(), HParamValue::Str(c.tokenizer.split.name().into())),
-                ("minn".into(), HParamValue::Num(c.vocab.minn as f64)),
-                ("maxn".into(), HParamValue::Num(c.vocab.maxn as f64)),
-                ("label_smoothing".into(), HParamValue::Num(c.train.label_smoothing)),
-                ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
-            ])
-            .collect();
+        let hparams: Vec<(String, HParamValue)> = [
+            ("arm".into(), HParamValue::Str(c.experiment.arm.clone())),
+            ("optimizer".into(), HParamValue::Str(t.name().into())),
+            ("table_storage".into(), HParamValue::Str(c.model.table_storage.name().into())),
+        ]
+        .into_iter()
+        .chain(table_hparams)
+        .chain([
+            ("head_lr".into(), HParamValue::Num(c.optimizer.head.lr)),
+            ("dim".into(), HParamValue::Num(c.model.dim as f64)),
+            ("buckets".into(), HParamValue::Num(c.vocab.buckets as f64)),
+            ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
+            ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
+            ("batch_size".into(), HParamValue::Num(c.train.batch_size as f64)),
+            ("epochs".into(), HParamValue::Num(c.train.epochs as f64)),
+            ("hidden".into(), HParamValue::Str(format!("{:?}", c.model.hidden))),
+            ("split".into(), HParamValue::Str(c.tokenizer.split.name().into())),
+            ("minn".into(), HParamValue::Num(c.vocab.minn as f64)),
+            ("maxn".into(), HParamValue::Num(c.vocab.maxn as f64)),
+            ("label_smoothing".into(), HParamValue::Num(c.train.label_smoothing)),
+            ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
+        ])
+        .collect();
         let start = RunStart {
             run_dir: (!self.temporary_dir).then_some(self.dir.as_path()),
             config: &self.config,
