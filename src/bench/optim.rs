@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::stats::Summary;
 use super::triad::{triad, TriadResult};
 use super::MachineInfo;
-use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableInit};
+use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableDtype, TableInit, TableRecipe};
 use crate::optim::{TableOptimizer, TableOptimizerConfig};
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +88,9 @@ pub struct OptimArgs {
     /// difference between sizes is the cost of table size itself.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub evict_mb: usize,
+    /// What the table's rows are stored in: f32, bf16 or f16 (`model.table_dtype`).
+    #[cfg_attr(feature = "cli", arg(long, default_value = "f32", value_parser = parse_table_dtype))]
+    pub table_dtype: TableDtype,
     /// Threads (0 = all cores).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub threads: usize,
@@ -147,8 +150,16 @@ pub struct Target {
 
 /// The config of one `--optimizers` entry: the kind's defaults with lr, and
 /// `--bias-correction` / `--weight-decay` where the kind has those keys.
+#[cfg(feature = "cli")]
+fn parse_table_dtype(s: &str) -> Result<TableDtype, String> {
+    TableDtype::parse(s)
+}
+
 fn optimizer_config(name: &str, args: &OptimArgs, lr: f32) -> anyhow::Result<TableOptimizerConfig> {
     let mut config = TableOptimizerConfig::named(name).map_err(|e| anyhow::anyhow!("--optimizers: {e}"))?;
+    if !args.table_dtype.is_f32() && !config.updates_only_grad_rows() {
+        bail!("--optimizers: {name} updates every row; --table-dtype {} needs a lazy optimizer", args.table_dtype.name());
+    }
     config.set_lr(lr as f64);
     for (key, value) in [("bias_correction", toml::Value::from(args.bias_correction.as_str())), ("weight_decay", toml::Value::from(args.weight_decay))] {
         if config.has_key(key) {
@@ -163,11 +174,11 @@ fn optimizer_config(name: &str, args: &OptimArgs, lr: f32) -> anyhow::Result<Tab
 /// state array (Adam's m and v, an accumulator, step counts, decay marks) are
 /// read and written. A lazy optimizer visits the touched rows, a dense one
 /// every row (reading g only for the touched ones).
-fn update_bytes(optimizer: &dyn TableOptimizer, rows: usize, touched: f64, dim: usize) -> f64 {
-    let row = (dim * 4) as f64;
+fn update_bytes(optimizer: &dyn TableOptimizer, rows: usize, touched: f64, dim: usize, table_row: usize) -> f64 {
+    let (row, table_row) = ((dim * 4) as f64, table_row as f64);
     let per_row = optimizer.per_row_state();
     let state_row: f64 = optimizer.state().iter().filter(|(name, _)| per_row.contains(name)).map(|(_, d)| d.bytes() as f64 / rows as f64).sum();
-    let visit = 2.0 * (row + state_row);
+    let visit = 2.0 * (table_row + state_row);
     if optimizer.updates_only_grad_rows() {
         touched * (row + visit)
     } else {
@@ -239,7 +250,7 @@ impl Size {
         let bags = Bags::new(&self.batches[self.next % self.batches.len()], offsets);
         self.next += 1;
         let t = Instant::now();
-        bag_forward(self.table.as_slice(), dim, bags, Pooling::Mean, &mut self.pooled);
+        bag_forward(self.table.view(), dim, bags, Pooling::Mean, &mut self.pooled);
         let f = ms(t);
         let t = Instant::now();
         bag_backward(bags, Pooling::Mean, d_pooled, &mut self.grad);
@@ -294,8 +305,8 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
     let mut sizes = Vec::new();
     for &rows in &args.rows {
         let t = Instant::now();
-        let table = EmbeddingTable::new(rows, dim, TableInit::default(), args.seed);
-        log::info!("{rows} rows × {dim}: table {:.2} GB initialised in {:.2} s", table.bytes() as f64 / 1e9, t.elapsed().as_secs_f64());
+        let table = EmbeddingTable::eager(TableRecipe { rows, dim, init: TableInit::default(), seed: args.seed, dtype: args.table_dtype });
+        log::info!("{rows} rows × {dim} {}: table {:.2} GB initialised in {:.2} s", args.table_dtype.name(), table.bytes() as f64 / 1e9, t.elapsed().as_secs_f64());
         sizes.push(Size {
             rows,
             // Distinct batches, cycled: more than the caches could learn.
@@ -338,7 +349,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<OptimReport> {
         for (((size, s), state_init_s), optimizer) in sizes.iter().zip(samples).zip(init_s).zip(&optimizers) {
             let touched = s.touched as f64 / timed as f64;
             let step = Summary::of(&s.opt);
-            let bytes = update_bytes(optimizer.as_ref(), size.rows, touched, dim);
+            let bytes = update_bytes(optimizer.as_ref(), size.rows, touched, dim, size.table.row_bytes());
             let gb_per_s = bytes / (step.median_ms / 1e3) / 1e9;
             let updated = if dense { size.rows as f64 } else { touched };
             log::info!("  {:>10} rows {:<20} {:>9.3} ms/step (median of {timed}), {:.0} rows touched, {:.2} GB/s", size.rows, config.name(), step.median_ms, touched, gb_per_s);

@@ -371,7 +371,7 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
     let mut head_optimizer = head_optimizer_config(&config).init::<B, Head<B>>();
     // Rows are generated from the recipe when first used: start-up costs
     // nothing per row, and rows no batch touches are never written.
-    let recipe = TableRecipe { rows, dim, init: config.model.init, seed: config.experiment.seed };
+    let recipe = TableRecipe { rows, dim, init: config.model.init, seed: config.experiment.seed, dtype: config.model.table_dtype };
     let mut table = match &resident {
         // Every held row is read (train or test): generate them all now, in parallel.
         Some(r) => EmbeddingTable::from_recipe_rows(recipe, r.global_ids()),
@@ -507,7 +507,8 @@ impl<B: AutodiffBackend> Run<B> {
         let spec = self.graph_spec(dense);
         if self.config.logging.log_device_placement {
             let mut text = String::from("device placement:");
-            text += &format!("\n  embedding/table [{}, {}] (+ {} state): {}", spec.table_rows, spec.dim, spec.table_optimizer, spec.table_device);
+            let (dtype, row_bytes) = (self.table.dtype().name(), self.table.row_bytes());
+            text += &format!("\n  embedding/table [{}, {}] {dtype}, {row_bytes} B/row (+ {} state): {}", spec.table_rows, spec.dim, spec.table_optimizer, spec.table_device);
             text += &format!("\n  embedding/bag_pool ({}) and its sparse backward: {}", spec.pooling, spec.table_device);
             for (i, (a, b)) in spec.head_layers.iter().enumerate() {
                 text += &format!("\n  head/linear_{i} weight [{a}, {b}], bias [{b}]: {}", spec.dense_device);
@@ -531,6 +532,7 @@ impl<B: AutodiffBackend> Run<B> {
             .chain([
                 ("head_lr".into(), HParamValue::Num(c.optimizer.head.lr)),
                 ("dim".into(), HParamValue::Num(c.model.dim as f64)),
+                ("table_dtype".into(), HParamValue::Str(c.model.table_dtype.name().into())),
                 ("buckets".into(), HParamValue::Num(c.vocab.buckets as f64)),
                 ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
                 ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
@@ -641,7 +643,7 @@ impl<B: AutodiffBackend> Run<B> {
 
         pooled.resize(n * dim, 0.0);
         self.table.materialize(&batch.ids);
-        bag_forward(self.table.as_slice(), dim, bags, pooling, pooled);
+        bag_forward(self.table.view(), dim, bags, pooling, pooled);
         lap(&mut self.timings.bag_forward_ms);
 
         let x = Tensor::<B, 2>::from_data(TensorData::new(pooled.clone(), [n, dim]), &self.device).require_grad();
@@ -677,6 +679,8 @@ impl<B: AutodiffBackend> Run<B> {
         lap(&mut self.timings.bag_backward_ms);
 
         let table_lr = (self.config.optimizer.table.lr() * lr) as f32;
+        // Half rows' stochastic rounding is keyed by the global step (resume repeats it).
+        self.table.set_update_step(self.state.step);
         self.table_optimizer.step(&mut self.table, grad, table_lr);
         if self.dense_table_updates {
             self.checkpointer.record_all_rows();
@@ -710,7 +714,15 @@ impl<B: AutodiffBackend> Run<B> {
         let mut histograms = Vec::new();
         if logged && self.config.logging.tensorboard && hist_every > 0 && step.is_multiple_of(hist_every) {
             let dim = self.table.dim();
-            let row_norms: Vec<f32> = grad.rows().iter().map(|&r| self.table.row(r as usize).iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+            let mut row = vec![0f32; dim];
+            let row_norms: Vec<f32> = grad
+                .rows()
+                .iter()
+                .map(|&r| {
+                    self.table.row_into(r as usize, &mut row);
+                    row.iter().map(|x| x * x).sum::<f32>().sqrt()
+                })
+                .collect();
             let grad_norms: Vec<f32> = grad.values().chunks(dim).map(|g| g.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
             histograms.push(("embedding/touched_row_norms".to_string(), row_norms));
             histograms.push(("embedding/grad_row_norms".to_string(), grad_norms));
@@ -847,14 +859,16 @@ impl<B: AutodiffBackend> Run<B> {
         let Some(resident) = &self.resident else {
             let ids: Vec<u32> = (0..n as u32).collect();
             self.table.materialize(&ids);
-            return crate::summary::write_projector(&self.dir, words, &self.table.as_slice()[..n * dim], dim);
+            let mut vectors = vec![0f32; n * dim];
+            vectors.chunks_mut(dim).enumerate().for_each(|(w, out)| self.table.row_into(w, out));
+            return crate::summary::write_projector(&self.dir, words, &vectors, dim);
         };
         // Word w is table row w: held, or still at its initial value.
         let mut vectors = vec![0f32; n * dim];
         for (w, out) in vectors.chunks_mut(dim).enumerate() {
             match resident.local(w as u32) {
-                Some(local) => out.copy_from_slice(self.table.row(local as usize)),
-                None => self.recipe.initial_row(w, out),
+                Some(local) => self.table.row_into(local as usize, out),
+                None => self.recipe.initial_row_stored(w, out),
             }
         }
         crate::summary::write_projector(&self.dir, words, &vectors, dim)
