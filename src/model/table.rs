@@ -459,14 +459,12 @@ impl EmbeddingTable {
 }
 
 fn update_half_rows<H: RowValue>(values: &mut [H], dim: usize, key: RoundingKey, f: &(impl Fn(usize, &mut [f32]) + Sync)) {
-    let base = key.generator();
     values.par_chunks_mut(dim).enumerate().for_each_init(
-        || (vec![0f32; dim], base.clone()),
-        |(tmp, rng), (r, row)| {
+        || vec![0f32; dim],
+        |tmp, (r, row)| {
             load_row(tmp, row);
             f(r, tmp);
-            RoundingKey::row_stream(rng, r);
-            store_row(row, tmp, rng);
+            store_row(row, tmp, &mut key.row_bits(r));
         },
     );
 }

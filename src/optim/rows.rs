@@ -363,26 +363,21 @@ impl<'a, H: RowValue> RowArrays for HalfRowsMut<'a, H> {
     }
     fn finish(&mut self, grad: &SparseGrad) {
         let width = self.rows.width;
-        let base = self.key.generator();
-        let (rows, this) = (grad.rows(), &*self);
+        let (key, rows, this) = (self.key, grad.rows(), &*self);
         // SAFETY: every update has returned and none can run again (the
         // closure is borrowed by for_each_grad_row, which is still running
         // and spawned no detached work), so nothing writes the slots while
         // they are read here.
         let slots = unsafe { std::slice::from_raw_parts(this.slots, rows.len() * width) };
-        rows.par_chunks(ROWS_PER_TASK).zip(slots.par_chunks(ROWS_PER_TASK * width)).for_each_init(
-            || base.clone(),
-            |rng, (rows, slots)| {
-                for (&row, slot) in rows.iter().zip(slots.chunks_exact(width)) {
-                    // SAFETY: the gradient's rows are unique and in range
-                    // (checked by for_each_grad_row), and `take` only read
-                    // the table's rows, so each is taken mutably once, here.
-                    let dst = unsafe { this.rows.take(row as usize, 0) };
-                    RoundingKey::row_stream(rng, row as usize);
-                    store_row(dst, slot, rng);
-                }
-            },
-        );
+        rows.par_chunks(ROWS_PER_TASK).zip(slots.par_chunks(ROWS_PER_TASK * width)).for_each(|(rows, slots)| {
+            for (&row, slot) in rows.iter().zip(slots.chunks_exact(width)) {
+                // SAFETY: the gradient's rows are unique and in range
+                // (checked by for_each_grad_row), and `take` only read
+                // the table's rows, so each is taken mutably once, here.
+                let dst = unsafe { this.rows.take(row as usize, 0) };
+                store_row(dst, slot, &mut key.row_bits(row as usize));
+            }
+        });
     }
 }
 
