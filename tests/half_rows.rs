@@ -30,9 +30,12 @@ fn recipe(rows: usize, dim: usize, dtype: TableDtype) -> TableRecipe {
     TableRecipe { rows, dim, init: TableInit::Uniform { scale: Some(0.5) }, seed: 5, dtype }
 }
 
+/// Bit pattern of the nearest value, and the value of a bit pattern.
+type Codec = (fn(f32) -> u16, fn(u16) -> f64);
+
 /// The representable neighbours of `x` (f64) in `dtype`, found by stepping bit patterns.
 fn neighbours(x: f64, dtype: TableDtype) -> (f64, f64) {
-    let (to, back): (fn(f32) -> u16, fn(u16) -> f64) = match dtype {
+    let (to, back): Codec = match dtype {
         TableDtype::Bf16 => (|v| bf16::from_f32(v).to_bits(), |b| bf16::from_bits(b).to_f64()),
         TableDtype::F16 => (|v| f16::from_f32(v).to_bits(), |b| f16::from_bits(b).to_f64()),
         TableDtype::F32 => unreachable!(),

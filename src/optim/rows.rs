@@ -244,7 +244,8 @@ pub fn for_each_grad_row<A: RowArrays>(grad: &SparseGrad, mut arrays: A, update:
         for (k, (&row, g)) in rows.iter().zip(g.chunks_exact(dim)).enumerate() {
             ahead(k + PREFETCH_ROWS);
             // SAFETY: rows are strictly increasing (so each is taken once, by
-            // one task) and below `table_rows` (checked above), and `arrays`
+            // one task) and below `table_rows` (checked above), `first + k` is
+            // the row's position in the gradient `prepare` saw, and `arrays`
             // was moved into this call, so no other call takes from it.
             update(unsafe { shared.take(row as usize, first + k) }, g);
         }

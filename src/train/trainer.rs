@@ -791,6 +791,8 @@ impl<B: AutodiffBackend> Run<B> {
         let owes_decay = self.table_optimizer.state().iter().any(|(name, _)| *name == "row_log_decay");
         if owes_decay {
             self.table.materialize_all();
+            // Half rows round this pass keyed by the final step, as Checkpoint::model does.
+            self.table.set_update_step(self.state.step);
             self.table_optimizer.apply_pending_decay(&mut self.table);
         }
         let final_eval = match &self.last_eval {

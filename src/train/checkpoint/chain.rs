@@ -165,6 +165,8 @@ impl Checkpoint {
         let mut table = EmbeddingTable::eager(r);
         self.restore_table(&mut table, None)?;
         if self.owes_decay()? {
+            // Half rows round this pass keyed by the checkpoint's step, as the trainer does at the end.
+            table.set_update_step(self.state.step);
             self.table_optimizer()?.apply_pending_decay(&mut table);
         }
         Ok((table, self.head()?))
