@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataFormat, TokenizerConfig, VocabConfig};
-use crate::model::{Pooling, TableInit};
+use crate::model::{Pooling, TableDtype, TableInit};
 use crate::optim::TableOptimizerConfig;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -78,11 +78,15 @@ pub struct ModelConfig {
     /// directory). Refused if it holds anything but this run's own table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub table_path: Option<PathBuf>,
+    /// What the table's rows are stored in: "f32", "bf16" or "f16" (computed
+    /// in f32 and written back with stochastic rounding).
+    #[serde(skip_serializing_if = "TableDtype::is_f32")]
+    pub table_dtype: TableDtype,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { dim: 64, pooling: Pooling::Mean, hidden: Vec::new(), init: TableInit::default(), table_storage: Default::default(), table_path: None }
+        ModelConfig { dim: 64, pooling: Pooling::Mean, hidden: Vec::new(), init: TableInit::default(), table_storage: Default::default(), table_path: None, table_dtype: TableDtype::F32 }
     }
 }
 
@@ -418,6 +422,13 @@ impl Config {
         if !(self.checkpoint.compact_ratio >= 0.0 && self.checkpoint.compact_ratio.is_finite()) {
             bail!(at(source, "checkpoint.compact_ratio", format!("must be a number >= 0, got {}", self.checkpoint.compact_ratio)));
         }
+        if !self.model.table_dtype.is_f32() && !self.optimizer.table.updates_only_grad_rows() {
+            bail!(at(
+                source,
+                "model.table_dtype",
+                format!("{} rows need a lazy table optimizer (rows rounded on every step); {} updates every row", self.model.table_dtype.name(), self.optimizer.table.name())
+            ));
+        }
         // Each table optimizer checks its own keys.
         self.optimizer.table.validate().map_err(|e| at(source, &format!("optimizer.table.{}", e.key), e.message))?;
         let h = &self.optimizer.head;
@@ -441,6 +452,9 @@ impl Config {
             if !matches!(self.optimizer.table, crate::optim::TableOptimizerConfig::LazyAdam(_)) {
                 let kind = self.optimizer.table.name();
                 bail!(at(source, "optimizer.table.kind", format!("placement.embedding = \"{table}\" (the device table) supports only kind = \"lazy_adam\", got \"{kind}\"")));
+            }
+            if self.model.table_dtype != TableDtype::F32 {
+                bail!(at(source, "model.table_dtype", format!("the device table (placement.embedding = \"{table}\") stores f32 rows, got \"{}\"", self.model.table_dtype.name())));
             }
             if self.model.table_storage == crate::memory::TableStorage::Mmap {
                 bail!(at(source, "model.table_storage", format!("\"mmap\" keeps the table in a host file; placement.embedding = \"{table}\" keeps it on a device: choose one")));

@@ -9,13 +9,15 @@
 //! - `manifest.json`: [`Manifest`], the format version, labels, tokenizer and
 //!   vocabulary settings, shapes, and the SHA-256 and size of every other file;
 //! - `vocab.txt`: `word<TAB>count` lines, as in the run directory;
-//! - `model.safetensors`: `table` `[rows, dim]` F32 and `head.{i}.weight`
-//!   `[in, out]`, `head.{i}.bias` `[out]` F32. No optimizer state.
+//! - `model.safetensors`: `table` `[rows, dim]` in the run's
+//!   `model.table_dtype` (F32, BF16 or F16, as trained: no conversion) and
+//!   `head.{i}.weight` `[in, out]`, `head.{i}.bias` `[out]` F32. No optimizer state.
 //!
 //! `model.safetensors` opens with Python's `safetensors` package
-//! (`safetensors.numpy.load_file`). Every tensor is F32 and the safetensors
-//! writer pads the header to 8 bytes, so every tensor's data (the table's
-//! included) starts at a multiple of 4 bytes in the file: a reader can use the
+//! (`safetensors.numpy.load_file`; a BF16 table needs `safetensors.torch`,
+//! numpy having no bfloat16). Every tensor's size is a multiple of 4 bytes
+//! and the safetensors writer pads the header to 8 bytes, so every tensor's
+//! data (the table's included) starts at a multiple of 4 bytes in the file: a reader can use the
 //! memory-mapped table in place ([`crate::serve::Predictor`] checks this at
 //! load and falls back to a copy if a foreign writer broke it).
 //!
@@ -31,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::data::{Split, TokenizerConfig, Vocab, VocabConfig};
 use crate::io::{sha256_file, write_atomic, write_safetensors, TensorOut};
-use crate::model::{DenseLayer, Pooling};
+use crate::model::{DenseLayer, Pooling, TableDtype};
 use crate::staging::StagingDir;
 use crate::train::{checkpoint, run_dir};
 
@@ -153,6 +155,9 @@ pub struct ModelInfo {
     pub pooling: Pooling,
     /// `(in, out)` of each head layer, ReLU between them.
     pub head: Vec<LayerShape>,
+    /// The table's dtype; absent (f32) in bundles from before half rows.
+    #[serde(default, skip_serializing_if = "TableDtype::is_f32")]
+    pub table_dtype: TableDtype,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -456,7 +461,8 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
     let staging = StagingDir::new(parent, STAGING_PREFIX)?;
     let dir = staging.path();
 
-    let mut tensors = vec![TensorOut::f32("table", vec![table.rows(), table.dim()], table.as_slice())];
+    let mut tensors = vec![TensorOut::table("table", vec![table.rows(), table.dim()], table.view())];
+    let table_dtype = table.dtype();
     for (i, l) in head.layers.iter().enumerate() {
         tensors.push(TensorOut::f32(DenseLayer::weight_name(i), l.weight_shape(), &l.weight));
         tensors.push(TensorOut::f32(DenseLayer::bias_name(i), l.bias_shape(), &l.bias));
@@ -500,6 +506,7 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
             dim: config.model.dim,
             pooling: config.model.pooling,
             head: head.layers.iter().map(|l| LayerShape { input: l.input, output: l.output }).collect(),
+            table_dtype,
         },
         definition: Definition::new(&config.tokenizer),
         files,

@@ -117,6 +117,11 @@ impl<'a> TensorOut<'a> {
         TensorOut { name: name.into(), dtype: Dtype::F32, shape, bytes: bytemuck::cast_slice(values) }
     }
 
+    /// The table's rows `[rows, dim]` in their dtype (F32, BF16 or F16).
+    pub fn table(name: impl Into<String>, shape: Vec<usize>, rows: crate::model::TableView<'a>) -> Self {
+        TensorOut { name: name.into(), dtype: table_tensor_dtype(rows.dtype()), shape, bytes: rows.as_bytes() }
+    }
+
     /// A 1-D tensor from optimizer state.
     pub fn state(name: impl Into<String>, data: StateData<'a>) -> Self {
         let (dtype, bytes): (Dtype, &[u8]) = match data {
@@ -208,6 +213,15 @@ impl SafetensorsFile {
         }
         bytemuck::cast_slice_mut::<T, u8>(into).copy_from_slice(bytes);
         Ok(())
+    }
+}
+
+/// The safetensors dtype of a table stored as `dtype`.
+pub fn table_tensor_dtype(dtype: crate::model::TableDtype) -> Dtype {
+    match dtype {
+        crate::model::TableDtype::F32 => Dtype::F32,
+        crate::model::TableDtype::Bf16 => Dtype::BF16,
+        crate::model::TableDtype::F16 => Dtype::F16,
     }
 }
 

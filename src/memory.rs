@@ -70,7 +70,7 @@ impl MemoryPlan {
         let shapes = head.layer_shapes();
         let params = shapes.iter().fold(0u64, |sum, &(i, o)| sum.saturating_add(mul(&[i as u64, o as u64]).saturating_add(o as u64)));
         let widths = shapes.iter().fold(dim, |sum, &(_, o)| sum.saturating_add(o as u64));
-        let table = mul(&[rows as u64, dim, F32]);
+        let table = mul(&[rows as u64, dim, config.model.table_dtype.size() as u64]);
         // The optimizer's own count wraps on such sizes; any table that large is refused anyway.
         let table_state = if table == u64::MAX { u64::MAX } else { config.optimizer.table.state_bytes(rows, config.model.dim) };
         // A device table (`placement.embedding` other than "cpu") holds the table, m and v
@@ -82,7 +82,7 @@ impl MemoryPlan {
             _ => placement.tf_name(),
         };
         let mut items = vec![
-            MemoryItem { device: table_device.clone(), what: "embedding table", bytes: table },
+            MemoryItem { device: table_device.clone(), what: table_item(config.model.table_dtype), bytes: table },
             MemoryItem { device: table_device, what: "table optimizer state", bytes: table_state },
         ];
         if placement != crate::device::TablePlacement::Host {
@@ -186,6 +186,15 @@ impl MemoryPlan {
 /// The product, or `u64::MAX` when it does not fit.
 fn mul(factors: &[u64]) -> u64 {
     factors.iter().try_fold(1u64, |p, &f| p.checked_mul(f)).unwrap_or(u64::MAX)
+}
+
+/// The plan's name for the table, with its dtype when not f32.
+fn table_item(dtype: crate::model::TableDtype) -> &'static str {
+    match dtype {
+        crate::model::TableDtype::F32 => "embedding table",
+        crate::model::TableDtype::Bf16 => "embedding table (bf16)",
+        crate::model::TableDtype::F16 => "embedding table (f16)",
+    }
 }
 
 /// `bytes` in decimal units (the `*_gb` budgets are decimal GB), precise

@@ -35,15 +35,32 @@ import argparse
 import hashlib
 import json
 import os
+import struct
 import sys
 import unicodedata
 
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors import safe_open
 
 SUPPORTED_FORMAT = 1
 MASK = (1 << 64) - 1
 FASTTEXT_SEPARATORS = " \t\n\r\x0b\x0c\x00"
+
+
+def load_table(path):
+    """The bundle's table as float32, whatever its stored dtype (F32, F16, or
+    BF16, which numpy lacks: its 16 bits are the high half of a float32)."""
+    file = os.path.join(path, "model.safetensors")
+    with open(file, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        info = json.loads(f.read(n))["table"]
+        if info["dtype"] != "BF16":
+            with safe_open(file, framework="numpy") as st:
+                return st.get_tensor("table").astype(np.float32)
+        start, end = info["data_offsets"]
+        f.seek(8 + n + start)
+        bits = np.frombuffer(f.read(end - start), dtype="<u2")
+    return (bits.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
 
 
 def is_alnum(ch):
@@ -90,8 +107,9 @@ class Bundle:
         if len(words) != m["vocab"]["size"]:
             raise SystemExit(f"{path}/vocab.txt: {len(words)} words, the manifest says {m['vocab']['size']}")
         self.vocab = {w: i for i, w in enumerate(words)}
-        tensors = load_file(os.path.join(path, "model.safetensors"))
-        self.table = tensors["table"]
+        self.table = load_table(path)
+        with safe_open(os.path.join(path, "model.safetensors"), framework="numpy") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k != "table"}
         if self.table.shape != (m["model"]["rows"], m["model"]["dim"]):
             raise SystemExit(f"{path}: table is {self.table.shape}, the manifest says {m['model']['rows']}×{m['model']['dim']}")
         self.layers = [(tensors[f"head.{i}.weight"], tensors[f"head.{i}.bias"]) for i in range(len(m["model"]["head"]))]

@@ -30,7 +30,7 @@ use super::triad::{triad, TriadResult};
 use super::MachineInfo;
 use crate::mem::mapped::{self, TableFile};
 use crate::memory::TableStorage;
-use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableInit, TableRecipe};
+use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableDtype, TableInit, TableRecipe};
 use crate::optim::{StateData, TableOptimizer, TableOptimizerConfig};
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +102,9 @@ pub struct OptimArgs {
     /// Folder for the table files of --table-storage mmap (removed again at the end).
     #[cfg_attr(feature = "cli", arg(long))]
     pub table_path: Option<PathBuf>,
+    /// What the table's rows are stored in: f32, bf16 or f16 (`model.table_dtype`).
+    #[cfg_attr(feature = "cli", arg(long, default_value = "f32", value_parser = parse_table_dtype))]
+    pub table_dtype: TableDtype,
     /// Threads (0 = all cores).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub threads: usize,
@@ -182,8 +185,16 @@ pub struct Target {
 
 /// The config of one `--optimizers` entry: the kind's defaults with lr, and
 /// `--bias-correction` / `--weight-decay` where the kind has those keys.
+#[cfg(feature = "cli")]
+fn parse_table_dtype(s: &str) -> Result<TableDtype, String> {
+    TableDtype::parse(s)
+}
+
 fn optimizer_config(name: &str, args: &OptimArgs, lr: f32) -> anyhow::Result<TableOptimizerConfig> {
     let mut config = TableOptimizerConfig::named(name).map_err(|e| anyhow::anyhow!("--optimizers: {e}"))?;
+    if !args.table_dtype.is_f32() && !config.updates_only_grad_rows() {
+        bail!("--optimizers: {name} updates every row; --table-dtype {} needs a lazy optimizer", args.table_dtype.name());
+    }
     config.set_lr(lr as f64);
     for (key, value) in [("bias_correction", toml::Value::from(args.bias_correction.as_str())), ("weight_decay", toml::Value::from(args.weight_decay))] {
         if config.has_key(key) {
@@ -198,11 +209,11 @@ fn optimizer_config(name: &str, args: &OptimArgs, lr: f32) -> anyhow::Result<Tab
 /// state array (Adam's m and v, an accumulator, step counts, decay marks) are
 /// read and written. A lazy optimizer visits the touched rows, a dense one
 /// every row (reading g only for the touched ones).
-fn update_bytes(optimizer: &dyn TableOptimizer, rows: usize, touched: f64, dim: usize) -> f64 {
-    let row = (dim * 4) as f64;
+fn update_bytes(optimizer: &dyn TableOptimizer, rows: usize, touched: f64, dim: usize, table_row: usize) -> f64 {
+    let (row, table_row) = ((dim * 4) as f64, table_row as f64);
     let per_row = optimizer.per_row_state();
     let state_row: f64 = optimizer.state().iter().filter(|(name, _)| per_row.contains(name)).map(|(_, d)| d.bytes() as f64 / rows as f64).sum();
-    let visit = 2.0 * (row + state_row);
+    let visit = 2.0 * (table_row + state_row);
     if optimizer.updates_only_grad_rows() {
         touched * (row + visit)
     } else {
@@ -333,7 +344,7 @@ impl Size {
         self.table.materialize(&self.unique[i]);
         if self.mapped {
             let ids = &self.unique[i];
-            fault_in(self.table.as_slice(), dim, ids);
+            fault_in(self.table.as_bytes(), self.table.row_bytes(), ids);
             let rows = self.rows;
             let per_row = optimizer.per_row_state();
             for (name, data) in optimizer.state() {
@@ -349,7 +360,7 @@ impl Size {
         }
         let fault_ms = ms(t);
         let t = Instant::now();
-        bag_forward(self.table.as_slice(), dim, bags, Pooling::Mean, &mut self.pooled);
+        bag_forward(self.table.view(), dim, bags, Pooling::Mean, &mut self.pooled);
         let f = ms(t);
         let t = Instant::now();
         bag_backward(bags, Pooling::Mean, d_pooled, &mut self.grad);
@@ -420,14 +431,15 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
     let mut sizes = Vec::new();
     for &rows in &args.rows {
         let t = Instant::now();
+        let recipe = TableRecipe { rows, dim, init: TableInit::default(), seed: args.seed, dtype: args.table_dtype };
         let table = match &mut files {
             // Lazily initialised, as training does: start-up writes nothing to disk.
             Some(f) => {
-                f.place(&format!("{rows}.table"), (rows * dim * 4) as u64, || EmbeddingTable::lazy(TableRecipe { rows, dim, init: TableInit::default(), seed: args.seed }))?
+                f.place(&format!("{rows}.table"), (rows * dim * args.table_dtype.size()) as u64, || EmbeddingTable::lazy(recipe))?
             }
-            None => EmbeddingTable::new(rows, dim, TableInit::default(), args.seed),
+            None => EmbeddingTable::eager(recipe),
         };
-        log::info!("{rows} rows × {dim}: table {:.2} GB {} in {:.2} s", table.bytes() as f64 / 1e9, if mapped { "mapped" } else { "initialised" }, t.elapsed().as_secs_f64());
+        log::info!("{rows} rows × {dim} {}: table {:.2} GB {} in {:.2} s", args.table_dtype.name(), table.bytes() as f64 / 1e9, if mapped { "mapped" } else { "initialised" }, t.elapsed().as_secs_f64());
         // Distinct batches, cycled: more than the caches could learn.
         let batches = zipf_batches(args, rows, DISTINCT_BATCHES)?;
         let unique = batches
@@ -477,7 +489,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
         for (((size, s), state_init_s), optimizer) in sizes.iter().zip(samples).zip(init_s).zip(&optimizers) {
             let touched = s.touched as f64 / timed as f64;
             let step = Summary::of(&s.opt);
-            let bytes = update_bytes(optimizer.as_ref(), size.rows, touched, dim);
+            let bytes = update_bytes(optimizer.as_ref(), size.rows, touched, dim, size.table.row_bytes());
             let gb_per_s = bytes / (step.median_ms / 1e3) / 1e9;
             let updated = if dense { size.rows as f64 } else { touched };
             log::info!("  {:>10} rows {:<20} {:>9.3} ms/step (median of {timed}), {:.0} rows touched, {:.2} GB/s", size.rows, config.name(), step.median_ms, touched, gb_per_s);

@@ -23,8 +23,9 @@
 //! Layering, last wins: the base file → the compare file's own sections →
 //! `--set` (keys under `compare.` change the compare section instead) → the
 //! arm's `set` → `experiment.{name, arm, seed}`. Arms may differ only in
-//! `optimizer.*`: anything else would change the data, the batches or the
-//! initial weights, and the comparison would no longer be paired.
+//! `optimizer.*` and `model.table_dtype` (the same initial weights, rounded
+//! to the arm's dtype): anything else would change the data, the batches or
+//! the initial weights, and the comparison would no longer be paired.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -249,10 +250,10 @@ pub fn plan(path: &Path, overrides: &[String]) -> anyhow::Result<Plan> {
     Ok(plan)
 }
 
-/// Keys of a config outside `optimizer.*` and `experiment.arm`, flattened.
+/// Keys of a config outside `optimizer.*`, `model.table_dtype` and `experiment.arm`, flattened.
 fn shared_keys(config: &Config) -> BTreeMap<String, toml::Value> {
     let table: toml::Table = toml::from_str(&config.to_toml()).expect("a config's TOML parses");
-    flatten(&table).into_iter().filter(|(k, _)| !k.starts_with("optimizer.") && k != "experiment.arm").collect()
+    flatten(&table).into_iter().filter(|(k, _)| !k.starts_with("optimizer.") && k != "experiment.arm" && k != "model.table_dtype").collect()
 }
 
 /// Every arm must resolve to the baseline's config except for `optimizer.*`.
@@ -271,7 +272,7 @@ fn check_only_optimizer_differs(plan: &Plan) -> anyhow::Result<()> {
                 .collect();
             if !diffs.is_empty() {
                 bail!(
-                    "{}: arm {:?} differs from the baseline arm {:?} outside optimizer.* (seed {seed}): {}. Arms may differ only in optimizer.* settings, so that within a seed every arm sees the same data, batches and initial weights; put shared settings in the base or in the compare file's own sections",
+                    "{}: arm {:?} differs from the baseline arm {:?} outside optimizer.* (seed {seed}): {}. Arms may differ only in optimizer.* settings and model.table_dtype, so that within a seed every arm sees the same data, batches and initial weights; put shared settings in the base or in the compare file's own sections",
                     plan.source.display(),
                     arm.name,
                     plan.baseline,

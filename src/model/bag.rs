@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::half_rows::{RowValue, TableView};
 use super::sparse_grad::SparseGrad;
 use crate::mem::prefetch;
 
@@ -75,7 +76,7 @@ const BAGS_PER_TASK: usize = 8;
 const PREFETCH_IDS: usize = 16;
 
 #[inline(always)]
-fn prefetch_id(table: &[f32], dim: usize, ids: &[u32], k: usize) {
+fn prefetch_id<H>(table: &[H], dim: usize, ids: &[u32], k: usize) {
     if let Some(&id) = ids.get(k) {
         prefetch(table.as_ptr().wrapping_add(id as usize * dim), dim);
     }
@@ -83,10 +84,10 @@ fn prefetch_id(table: &[f32], dim: usize, ids: &[u32], k: usize) {
 
 /// `out += row`, vectorised (equal lengths, no bounds checks in the loop).
 #[inline(always)]
-fn add_row(out: &mut [f32], row: &[f32]) {
+fn add_row<H: RowValue>(out: &mut [f32], row: &[H]) {
     let row = &row[..out.len()];
     for (o, r) in out.iter_mut().zip(row) {
-        *o += r;
+        *o += r.to_f32();
     }
 }
 
@@ -97,9 +98,26 @@ fn scale_row(out: &mut [f32], scale: f32) {
     }
 }
 
-/// Pools every bag from the row-major `table` (`dim` columns) into `out`
+/// Runs `$call` with `$t` bound to the view's values in their own type:
+/// one match per call, the loops inside monomorphised per type.
+macro_rules! with_rows {
+    ($view:expr, |$t:ident| $call:expr) => {
+        match $view {
+            TableView::F32($t) => $call,
+            TableView::Bf16($t) => $call,
+            TableView::F16($t) => $call,
+        }
+    };
+}
+
+/// Pools every bag from the row-major `table` (`dim` columns; f32 values or
+/// a [`TableView`] of half rows, widened as they are added) into `out`
 /// (`bags.len() × dim`), in parallel over groups of bags.
-pub fn bag_forward(table: &[f32], dim: usize, bags: Bags<'_>, pooling: Pooling, out: &mut [f32]) {
+pub fn bag_forward<'t>(table: impl Into<TableView<'t>>, dim: usize, bags: Bags<'_>, pooling: Pooling, out: &mut [f32]) {
+    with_rows!(table.into(), |t| forward_rows(t, dim, bags, pooling, out))
+}
+
+fn forward_rows<H: RowValue>(table: &[H], dim: usize, bags: Bags<'_>, pooling: Pooling, out: &mut [f32]) {
     assert_eq!(out.len(), bags.len() * dim, "output must be batch * dim");
     if out.is_empty() {
         return;
@@ -126,7 +144,11 @@ pub fn bag_forward(table: &[f32], dim: usize, bags: Bags<'_>, pooling: Pooling, 
 /// Pools a single bag into `out` (`dim` values). Used by evaluation and the
 /// predictor too, so serving and training pool identically (same order of
 /// additions, same scaling).
-pub fn pool_one(table: &[f32], dim: usize, ids: &[u32], pooling: Pooling, out: &mut [f32]) {
+pub fn pool_one<'t>(table: impl Into<TableView<'t>>, dim: usize, ids: &[u32], pooling: Pooling, out: &mut [f32]) {
+    with_rows!(table.into(), |t| pool_rows(t, dim, ids, pooling, out))
+}
+
+fn pool_rows<H: RowValue>(table: &[H], dim: usize, ids: &[u32], pooling: Pooling, out: &mut [f32]) {
     out.fill(0.0);
     (0..PREFETCH_IDS).for_each(|k| prefetch_id(table, dim, ids, k));
     for (k, &id) in ids.iter().enumerate() {

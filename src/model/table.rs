@@ -1,11 +1,14 @@
-//! The embedding table: `rows × dim` f32, contiguous and row-major, in host memory.
+//! The embedding table: `rows × dim` values (f32, bf16 or f16; see
+//! [`super::half_rows`]), contiguous and row-major, in host memory.
 
+use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::half_rows::{load_row, store_row, RoundingKey, RowValue, TableDtype, TableView};
 use crate::mem::{prefault, AlignedVec};
 use crate::par::SharedMut;
 
@@ -47,6 +50,10 @@ pub struct TableRecipe {
     pub dim: usize,
     pub init: TableInit,
     pub seed: u64,
+    /// What the rows are stored in: initial rows are generated in f32 and
+    /// rounded to nearest. Absent (f32) in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "TableDtype::is_f32")]
+    pub dtype: TableDtype,
 }
 
 impl TableRecipe {
@@ -70,16 +77,120 @@ impl TableRecipe {
             TableInit::Zeros => out.fill(0.0),
         }
     }
+
+    /// Row `row`'s initial value as the table stores it, widened back to f32.
+    pub fn initial_row_stored(&self, row: usize, out: &mut [f32]) {
+        self.initial_row(row, out);
+        match self.dtype {
+            TableDtype::F32 => {}
+            TableDtype::Bf16 => out.iter_mut().for_each(|x| *x = bf16::round_nearest(*x).to_f32()),
+            TableDtype::F16 => out.iter_mut().for_each(|x| *x = f16::round_nearest(*x).to_f32()),
+        }
+    }
+
+    /// Row `row`'s initial value in the stored type (`tmp`: `dim` f32 of scratch).
+    /// For f32 this is [`TableRecipe::initial_row`] plus a copy, so f32 tables call that directly.
+    fn initial_row_as<H: RowValue>(&self, row: usize, out: &mut [H], tmp: &mut [f32]) {
+        self.initial_row(row, tmp);
+        out.iter_mut().zip(tmp.iter()).for_each(|(o, &x)| *o = H::round_nearest(x));
+    }
+
+    /// Rows `chunk * INIT_CHUNK_ROWS ..` of the eager table, in f32 (`values`: whole rows).
+    fn initial_chunk(&self, chunk: usize, values: &mut [f32]) {
+        let dim = self.dim;
+        match self.init {
+            TableInit::Uniform { scale } => {
+                // The chunk's whole stream at once: the same words initial_row seeks to.
+                let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+                rng.set_stream(chunk as u64 + 1);
+                let s = scale.unwrap_or(1.0 / dim as f32);
+                values.iter_mut().for_each(|x| *x = rng.random_range(-s..=s));
+            }
+            TableInit::Normal { .. } => {
+                let first = chunk * INIT_CHUNK_ROWS;
+                values.chunks_mut(dim).enumerate().for_each(|(i, row)| self.initial_row(first + i, row));
+            }
+            // vec! of zeros is lazily mapped by the OS: touch every page now so the
+            // first training steps do not pay page faults.
+            TableInit::Zeros => prefault(values),
+        }
+    }
 }
 
+/// The rows in the table's dtype.
 #[derive(Clone, Debug, PartialEq)]
+enum TableData {
+    F32(AlignedVec<f32>),
+    Bf16(AlignedVec<bf16>),
+    F16(AlignedVec<f16>),
+}
+
+/// Runs `$body` with `$v` bound to the table's values in their own type
+/// (generic code inside is monomorphised once per dtype).
+macro_rules! with_values {
+    ($data:expr, |$v:ident| $body:expr) => {
+        match $data {
+            TableData::F32($v) => $body,
+            TableData::Bf16($v) => $body,
+            TableData::F16($v) => $body,
+        }
+    };
+}
+
+impl TableData {
+    fn zeroed(dtype: TableDtype, len: usize) -> Self {
+        match dtype {
+            TableDtype::F32 => TableData::F32(AlignedVec::zeroed(len)),
+            TableDtype::Bf16 => TableData::Bf16(AlignedVec::zeroed(len)),
+            TableDtype::F16 => TableData::F16(AlignedVec::zeroed(len)),
+        }
+    }
+}
+
+/// The mutable view of a table that a row update needs: the rows in their
+/// type, a reusable f32 buffer for widened rows, and the rounding key of this update.
+pub enum RowsForUpdate<'a> {
+    F32(&'a mut [f32]),
+    Bf16(&'a mut [bf16], &'a mut Vec<f32>, RoundingKey),
+    F16(&'a mut [f16], &'a mut Vec<f32>, RoundingKey),
+}
+
+/// Scratch kept between steps so an update allocates nothing once grown;
+/// not part of the table's value (empty in a clone).
+#[derive(Default)]
+struct Scratch(Vec<f32>);
+impl Clone for Scratch {
+    fn clone(&self) -> Self {
+        Scratch::default()
+    }
+}
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scratch")
+    }
+}
+
+#[derive(Clone, Debug)]
 pub struct EmbeddingTable {
     rows: usize,
     dim: usize,
-    data: AlignedVec<f32>,
+    data: TableData,
     /// Set for a table created by [`EmbeddingTable::lazy`] until every row is
     /// materialised: rows are generated from the recipe on first use.
     lazy: Option<LazyRows>,
+    /// Seeds the stochastic rounding of half-precision rows.
+    seed: u64,
+    /// The step the next update's rounding is keyed by (see [`EmbeddingTable::set_update_step`]).
+    update_step: u64,
+    scratch: Scratch,
+}
+
+/// Equal tables hold the same rows (and the same rows still to generate);
+/// the rounding seed and step are how the next update rounds, not part of the value.
+impl PartialEq for EmbeddingTable {
+    fn eq(&self, other: &Self) -> bool {
+        (self.rows, self.dim, &self.data, &self.lazy) == (other.rows, other.dim, &other.data, &other.lazy)
+    }
 }
 
 /// Which rows of a lazy table hold their values yet.
@@ -96,55 +207,54 @@ struct LazyRows {
 const PARALLEL_INIT_MIN_ROWS: usize = 512;
 
 impl EmbeddingTable {
-    /// A table with every row initialised now (in parallel).
+    /// An f32 table with every row initialised now (in parallel).
     pub fn new(rows: usize, dim: usize, init: TableInit, seed: u64) -> Self {
+        Self::eager(TableRecipe { rows, dim, init, seed, dtype: TableDtype::F32 })
+    }
+
+    /// A table with every row of `recipe` initialised now (in parallel).
+    pub fn eager(recipe: TableRecipe) -> Self {
+        let TableRecipe { rows, dim, .. } = recipe;
         assert!(dim > 0, "embedding dim must be positive");
-        let recipe = TableRecipe { rows, dim, init, seed };
-        let mut data = AlignedVec::zeroed(rows * dim);
+        let mut data = TableData::zeroed(recipe.dtype, rows * dim);
         let chunk_len = INIT_CHUNK_ROWS * dim;
-        data.par_chunks_mut(chunk_len).enumerate().for_each(|(chunk, values)| match init {
-            TableInit::Uniform { scale } => {
-                // The chunk's whole stream at once: the same words initial_row seeks to.
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(chunk as u64 + 1);
-                let s = scale.unwrap_or(1.0 / dim as f32);
-                values.iter_mut().for_each(|x| *x = rng.random_range(-s..=s));
-            }
-            TableInit::Normal { .. } => {
-                let first = chunk * INIT_CHUNK_ROWS;
-                values.chunks_mut(dim).enumerate().for_each(|(i, row)| recipe.initial_row(first + i, row));
-            }
-            // vec! of zeros is lazily mapped by the OS: touch every page now so the
-            // first training steps do not pay page faults.
-            TableInit::Zeros => prefault(values),
-        });
-        EmbeddingTable { rows, dim, data, lazy: None }
+        match &mut data {
+            TableData::F32(values) => values.par_chunks_mut(chunk_len).enumerate().for_each(|(chunk, values)| recipe.initial_chunk(chunk, values)),
+            TableData::Bf16(values) => round_chunks(&recipe, values),
+            TableData::F16(values) => round_chunks(&recipe, values),
+        }
+        Self::with_data(rows, dim, data, None, recipe.seed)
+    }
+
+    fn with_data(rows: usize, dim: usize, data: TableData, lazy: Option<LazyRows>, seed: u64) -> Self {
+        EmbeddingTable { rows, dim, data, lazy, seed, update_step: 0, scratch: Scratch::default() }
     }
 
     /// A table of `global_ids.len()` rows holding rows `global_ids` of the table
     /// `recipe` describes, each with its initial value (generated in parallel,
-    /// bit-identical to [`EmbeddingTable::new`]'s rows of those ids).
+    /// bit-identical to [`EmbeddingTable::eager`]'s rows of those ids).
     pub fn from_recipe_rows(recipe: TableRecipe, global_ids: &[u32]) -> Self {
         assert!(recipe.dim > 0, "embedding dim must be positive");
         let dim = recipe.dim;
-        let mut data = AlignedVec::zeroed(global_ids.len() * dim);
-        data.par_chunks_mut(dim * 256).enumerate().for_each(|(c, rows)| {
+        let mut data = TableData::zeroed(recipe.dtype, global_ids.len() * dim);
+        with_values!(&mut data, |values| values.par_chunks_mut(dim * 256).enumerate().for_each(|(c, rows)| {
+            let mut tmp = vec![0f32; dim];
             for (k, row) in rows.chunks_mut(dim).enumerate() {
-                recipe.initial_row(global_ids[c * 256 + k] as usize, row);
+                initial_row_into(&recipe, global_ids[c * 256 + k] as usize, row, &mut tmp);
             }
-        });
-        EmbeddingTable { rows: global_ids.len(), dim, data, lazy: None }
+        }));
+        Self::with_data(global_ids.len(), dim, data, None, recipe.seed)
     }
 
     /// A table whose rows are generated from `recipe` only when first used
     /// ([`EmbeddingTable::materialize`]): start-up costs nothing per row, and
     /// memory for rows never used is never touched (the zeroed allocation is
     /// mapped by the OS on first write). Every row ends up bit-identical to
-    /// [`EmbeddingTable::new`]'s.
+    /// [`EmbeddingTable::eager`]'s.
     pub fn lazy(recipe: TableRecipe) -> Self {
         assert!(recipe.dim > 0, "embedding dim must be positive");
         let lazy = (recipe.rows > 0).then(|| LazyRows { recipe, done: vec![0; recipe.rows.div_ceil(64)], remaining: recipe.rows });
-        EmbeddingTable { rows: recipe.rows, dim: recipe.dim, data: AlignedVec::zeroed(recipe.rows * recipe.dim), lazy }
+        Self::with_data(recipe.rows, recipe.dim, TableData::zeroed(recipe.dtype, recipe.rows * recipe.dim), lazy, recipe.seed)
     }
 
     /// Gives every row in `ids` its initial value if it has none yet. Rows
@@ -163,32 +273,37 @@ impl EmbeddingTable {
             return;
         }
         lazy.remaining -= fresh.len();
-        let (recipe, dim) = (lazy.recipe, self.dim);
-        if fresh.len() < PARALLEL_INIT_MIN_ROWS {
-            for &r in &fresh {
-                let r = r as usize;
-                recipe.initial_row(r, &mut self.data[r * dim..(r + 1) * dim]);
+        let (recipe, dim, rows) = (lazy.recipe, self.dim, self.rows);
+        with_values!(&mut self.data, |data| {
+            if fresh.len() < PARALLEL_INIT_MIN_ROWS {
+                let mut tmp = vec![0f32; dim];
+                for &r in &fresh {
+                    let r = r as usize;
+                    initial_row_into(&recipe, r, &mut data[r * dim..(r + 1) * dim], &mut tmp);
+                }
+            } else {
+                // The tasks below write one row each: soundness needs the rows unique.
+                debug_assert!(
+                    {
+                        let mut sorted = fresh.clone();
+                        sorted.sort_unstable();
+                        sorted.windows(2).all(|p| p[0] < p[1])
+                    },
+                    "rows to materialise must be unique"
+                );
+                let data = SharedMut(data.as_mut_ptr());
+                fresh.par_iter().for_each_init(
+                    || vec![0f32; dim],
+                    |tmp, &r| {
+                        let r = r as usize;
+                        assert!(r < rows, "row {r} out of range for a table of {rows} rows");
+                        // SAFETY: `fresh` holds each row once (its bit was clear and is now
+                        // set), and r < rows, so each task writes its own row in bounds.
+                        initial_row_into(&recipe, r, unsafe { data.slice(r * dim, dim) }, tmp);
+                    },
+                );
             }
-        } else {
-            // The tasks below write one row each: soundness needs the rows unique.
-            debug_assert!(
-                {
-                    let mut sorted = fresh.clone();
-                    sorted.sort_unstable();
-                    sorted.windows(2).all(|p| p[0] < p[1])
-                },
-                "rows to materialise must be unique"
-            );
-            let data = SharedMut(self.data.as_mut_ptr());
-            let rows = self.rows;
-            fresh.par_iter().for_each(|&r| {
-                let r = r as usize;
-                assert!(r < rows, "row {r} out of range for a table of {rows} rows");
-                // SAFETY: `fresh` holds each row once (its bit was clear and is now
-                // set), and r < rows, so each task writes its own row in bounds.
-                recipe.initial_row(r, unsafe { data.slice(r * dim, dim) });
-            });
-        }
+        });
         if lazy.remaining == 0 {
             self.lazy = None;
         }
@@ -215,15 +330,16 @@ impl EmbeddingTable {
     pub fn materialize_all(&mut self) {
         let Some(lazy) = self.lazy.take() else { return };
         let (recipe, dim) = (lazy.recipe, self.dim);
-        self.data.par_chunks_mut(INIT_CHUNK_ROWS * dim).enumerate().for_each(|(chunk, values)| {
+        with_values!(&mut self.data, |data| data.par_chunks_mut(INIT_CHUNK_ROWS * dim).enumerate().for_each(|(chunk, values)| {
             let first = chunk * INIT_CHUNK_ROWS;
+            let mut tmp = vec![0f32; dim];
             for (i, row) in values.chunks_mut(dim).enumerate() {
                 let r = first + i;
                 if lazy.done[r / 64] & (1 << (r % 64)) == 0 {
-                    recipe.initial_row(r, row);
+                    initial_row_into(&recipe, r, row, &mut tmp);
                 }
             }
-        });
+        }));
     }
 
     /// Whether every row holds its value (always true for a table built by `new`).
@@ -231,10 +347,10 @@ impl EmbeddingTable {
         self.lazy.is_none()
     }
 
-    /// A table from existing row-major values (e.g. a checkpoint or an export).
+    /// An f32 table from existing row-major values (e.g. a checkpoint or an export).
     pub fn from_vec(rows: usize, dim: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), rows * dim, "table data length must be rows * dim");
-        EmbeddingTable { rows, dim, data: AlignedVec::from_vec(data), lazy: None }
+        Self::with_data(rows, dim, TableData::F32(AlignedVec::from_vec(data)), None, 0)
     }
 
     pub fn rows(&self) -> usize {
@@ -243,21 +359,140 @@ impl EmbeddingTable {
     pub fn dim(&self) -> usize {
         self.dim
     }
+    pub fn dtype(&self) -> TableDtype {
+        match self.data {
+            TableData::F32(_) => TableDtype::F32,
+            TableData::Bf16(_) => TableDtype::Bf16,
+            TableData::F16(_) => TableDtype::F16,
+        }
+    }
+    /// The rows in their stored type.
+    pub fn view(&self) -> TableView<'_> {
+        match &self.data {
+            TableData::F32(v) => TableView::F32(v),
+            TableData::Bf16(v) => TableView::Bf16(v),
+            TableData::F16(v) => TableView::F16(v),
+        }
+    }
+    /// Row `id` widened to f32 into `out` (`dim` values), whatever the dtype.
+    pub fn row_into(&self, id: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), self.dim, "row buffer must hold dim values");
+        self.view().row_into(id, out);
+    }
+    /// Every value widened to f32 (a copy; for export, projector and tests).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        self.view().to_f32_vec()
+    }
+    /// Row `id` of an f32 table. Panics for a half-precision table (use [`EmbeddingTable::row_into`]).
     pub fn row(&self, id: usize) -> &[f32] {
-        &self.data[id * self.dim..(id + 1) * self.dim]
+        &self.as_slice()[id * self.dim..(id + 1) * self.dim]
     }
+    /// The values of an f32 table. Panics for a half-precision table (use [`EmbeddingTable::view`]).
     pub fn as_slice(&self) -> &[f32] {
-        &self.data
+        match &self.data {
+            TableData::F32(v) => v,
+            _ => panic!("the table stores {} rows, not f32: read it through view() or row_into()", self.dtype().name()),
+        }
     }
+    /// The values of an f32 table. Panics for a half-precision table (use [`EmbeddingTable::update_all_rows`]).
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        &mut self.data
+        let dtype = self.dtype();
+        match &mut self.data {
+            TableData::F32(v) => v,
+            _ => panic!("the table stores {} rows, not f32: update it through update_all_rows() or the optimizer row helper", dtype.name()),
+        }
     }
+    /// The values of an f32 table; for a half-precision one, widened to f32.
     pub fn into_vec(self) -> Vec<f32> {
-        self.data.into_vec()
+        match self.data {
+            TableData::F32(v) => v.into_vec(),
+            _ => self.view().to_f32_vec(),
+        }
     }
+    /// The stored values' bytes (rows of [`EmbeddingTable::row_bytes`]).
+    pub fn as_bytes(&self) -> &[u8] {
+        with_values!(&self.data, |v| bytemuck::cast_slice(&v[..]))
+    }
+    /// The stored values' bytes, to be overwritten in place (a checkpoint restore).
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        with_values!(&mut self.data, |v| bytemuck::cast_slice_mut(&mut v[..]))
+    }
+    /// Bytes of one stored row.
+    pub fn row_bytes(&self) -> usize {
+        self.dim * self.dtype().size()
+    }
+    /// Bytes the rows take in memory.
     pub fn bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<f32>()
+        self.rows * self.dim * self.dtype().size()
     }
+
+    /// Sets the step that the next update's stochastic rounding is keyed by.
+    /// The trainer sets its global step before every table update, so a
+    /// resumed run draws the same bits as an uninterrupted one; without it,
+    /// each update uses the next step after the previous one.
+    pub fn set_update_step(&mut self, step: u64) {
+        self.update_step = step;
+    }
+
+    /// The rows for one update (the optimizer row helper's view): a
+    /// half-precision table also lends its scratch and this update's
+    /// rounding key, and the next update's key moves one step on.
+    pub fn for_update(&mut self) -> RowsForUpdate<'_> {
+        let key = RoundingKey { seed: self.seed, step: self.update_step };
+        self.update_step += 1;
+        match &mut self.data {
+            TableData::F32(v) => RowsForUpdate::F32(v),
+            TableData::Bf16(v) => RowsForUpdate::Bf16(v, &mut self.scratch.0, key),
+            TableData::F16(v) => RowsForUpdate::F16(v, &mut self.scratch.0, key),
+        }
+    }
+
+    /// Calls `f(row, values)` for every row, in parallel, with the row widened
+    /// to f32; a half-precision row is written back with stochastic rounding
+    /// keyed like an update (see [`EmbeddingTable::for_update`]).
+    pub fn update_all_rows(&mut self, f: impl Fn(usize, &mut [f32]) + Sync) {
+        let dim = self.dim;
+        let key = RoundingKey { seed: self.seed, step: self.update_step };
+        self.update_step += 1;
+        match &mut self.data {
+            TableData::F32(v) => v.par_chunks_mut(dim).enumerate().for_each(|(r, w)| f(r, w)),
+            TableData::Bf16(v) => update_half_rows(v, dim, key, &f),
+            TableData::F16(v) => update_half_rows(v, dim, key, &f),
+        }
+    }
+}
+
+fn update_half_rows<H: RowValue>(values: &mut [H], dim: usize, key: RoundingKey, f: &(impl Fn(usize, &mut [f32]) + Sync)) {
+    values.par_chunks_mut(dim).enumerate().for_each_init(
+        || vec![0f32; dim],
+        |tmp, (r, row)| {
+            load_row(tmp, row);
+            f(r, tmp);
+            store_row(row, tmp, &mut key.row_bits(r));
+        },
+    );
+}
+
+/// Row `r`'s initial value in the stored type, through `tmp` for half types.
+#[inline]
+fn initial_row_into<H: RowValue>(recipe: &TableRecipe, r: usize, out: &mut [H], tmp: &mut [f32]) {
+    if H::DTYPE == TableDtype::F32 {
+        // f32 rows are generated in place (H is f32: the cast cannot fail).
+        recipe.initial_row(r, bytemuck::cast_slice_mut(out));
+    } else {
+        recipe.initial_row_as(r, out, tmp);
+    }
+}
+
+/// The eager table's rows in a half type: each chunk generated in f32 as for
+/// an f32 table, then rounded to nearest, so a half table's rows are exactly
+/// the f32 table's rows rounded.
+fn round_chunks<H: RowValue>(recipe: &TableRecipe, values: &mut [H]) {
+    values.par_chunks_mut(INIT_CHUNK_ROWS * recipe.dim).enumerate().for_each(|(chunk, values)| {
+        let mut tmp = vec![0f32; values.len()];
+        recipe.initial_chunk(chunk, &mut tmp);
+        values.iter_mut().zip(&tmp).for_each(|(o, &x)| *o = H::round_nearest(x));
+    });
 }
 
 #[cfg(test)]
@@ -285,7 +520,7 @@ mod tests {
         let rows = 3 * INIT_CHUNK_ROWS + 17; // a partial last chunk
         for init in [TableInit::default(), TableInit::Uniform { scale: Some(0.3) }, TableInit::Normal { std: 0.5 }, TableInit::Zeros] {
             let eager = EmbeddingTable::new(rows, 24, init, 11);
-            let mut lazy = EmbeddingTable::lazy(TableRecipe { rows, dim: 24, init, seed: 11 });
+            let mut lazy = EmbeddingTable::lazy(TableRecipe { rows, dim: 24, init, seed: 11, dtype: TableDtype::F32 });
             // A few rows alone (serial path), then a large batch with repeats (parallel path).
             lazy.materialize(&[5, 4096, (rows - 1) as u32, 5]);
             for r in [5, 4096, rows - 1] {
@@ -296,11 +531,11 @@ mod tests {
             lazy.materialize(&many);
             // A row written by a restore keeps its value.
             lazy.mark_materialized(&[1]);
-            lazy.data[24..48].fill(7.0);
+            lazy.as_mut_slice()[24..48].fill(7.0);
             lazy.materialize_all();
             assert!(lazy.is_materialized());
             assert_eq!(lazy.row(1), &[7.0; 24][..]);
-            lazy.data[24..48].copy_from_slice(eager.row(1));
+            lazy.as_mut_slice()[24..48].copy_from_slice(eager.row(1));
             assert_eq!(lazy.as_slice(), eager.as_slice(), "{init:?}");
         }
     }

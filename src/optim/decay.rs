@@ -83,6 +83,12 @@ impl LazyDecay {
         }
         assert_eq!(table.rows(), self.marks.len(), "table and decay marks differ in rows");
         let (log_decay, dim) = (self.log_decay, table.dim());
+        if table.dtype() != crate::model::TableDtype::F32 {
+            // Half rows are widened and rounded back by the table itself.
+            let factors = self.catch_up_all().unwrap_or_default();
+            table.update_all_rows(|r, w| w.iter_mut().for_each(|x| *x *= factors[r]));
+            return;
+        }
         table.as_mut_slice().par_chunks_mut(dim).zip(self.marks.par_iter_mut()).for_each(|(w, mark)| {
             let factor = Self::catch_up(log_decay, mark);
             w.iter_mut().for_each(|x| *x *= factor);

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::adam::{update_row, AdamConfig, AdamState, BiasCorrection, Coeffs, ADAM_ROW_STATE};
 use super::config::{HParam, InvalidKey, OptimizerConfig};
 use super::decay::LazyDecay;
-use super::rows::{for_each_grad_row, PerRowMut, RowsMut};
+use super::rows::{for_each_grad_row, PerRowMut, RowsMut, TableRowsMut};
 use super::state::{StateData, StateError, StateSource};
 use super::TableOptimizer;
 use crate::model::{EmbeddingTable, SparseGrad};
@@ -89,7 +89,7 @@ impl TableOptimizer for LazyAdam {
         let (config, log_decay, lr) = (s.book.config, s.book.decay.log_decay(), lr as f64);
         let coeffs = Coeffs::new(&config);
         let arrays = (
-            RowsMut::new(table.as_mut_slice(), dim),
+            TableRowsMut::new(table),
             RowsMut::new(&mut s.m, dim),
             RowsMut::new(&mut s.v, dim),
             PerRowMut::optional(&mut s.book.row_steps),

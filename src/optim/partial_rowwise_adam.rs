@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::adam::BiasCorrection;
 use super::config::{self, HParam, InvalidKey, OptimizerConfig};
 use super::decay::{self, LazyDecay};
-use super::rows::{for_each_grad_row, PerRowMut, RowsMut};
+use super::rows::{for_each_grad_row, PerRowMut, RowsMut, TableRowsMut};
 use super::state::{StateData, StateError, StateSource};
 use super::TableOptimizer;
 use crate::mem::AlignedVec;
@@ -137,7 +137,7 @@ impl TableOptimizer for PartialRowwiseAdam {
         let (one_b1, one_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
         let log_decay = self.decay.log_decay();
         let arrays = (
-            RowsMut::new(table.as_mut_slice(), dim),
+            TableRowsMut::new(table),
             RowsMut::new(&mut self.m, dim),
             PerRowMut::new(&mut self.v_row),
             PerRowMut::optional(&mut self.row_steps),

@@ -6,11 +6,22 @@
 //! in range, and hands each update call the `&mut` rows of every array for one
 //! gradient row. Tasks are runs of consecutive sorted rows claimed from a
 //! counter, with the rows ahead prefetched. Optimizer files stay safe code.
+//!
+//! The table comes in as [`TableRowsMut`], so optimizers see `&mut [f32]`
+//! rows whatever the table's dtype: a half-precision row is widened into a
+//! scratch slot of its own when taken, and after every update has returned
+//! the slots are written back with stochastic rounding
+//! ([`crate::model::half_rows`]), keyed by (seed, step, row) so the result
+//! does not depend on the thread count.
 
 use std::marker::PhantomData;
 
+use half::{bf16, f16};
+use rayon::prelude::*;
+
 use crate::mem::prefetch;
-use crate::model::SparseGrad;
+use crate::model::half_rows::{load_row, store_row};
+use crate::model::{EmbeddingTable, RoundingKey, RowValue, RowsForUpdate, SparseGrad};
 use crate::par::for_each_claimed;
 
 /// Rows per task of the lazy update: large enough to amortise claiming a
@@ -80,10 +91,16 @@ pub trait RowArrays: Sync {
     fn rows(&self) -> Option<usize>;
     /// Starts loading `row` of every array (a hint; never dereferences).
     fn prefetch(&self, row: usize);
+    /// Called once before any `take`, with the gradient whose rows will be taken.
+    fn prepare(&mut self, _grad: &SparseGrad) {}
     /// # Safety
     /// `row` must be below [`RowArrays::rows`], and no row may be taken twice
-    /// from the same value of `Self` (the rows returned live as long as the borrow).
-    unsafe fn take(&self, row: usize) -> Self::Row;
+    /// from the same value of `Self` (the rows returned live as long as the
+    /// borrow); `k` is the row's position in the gradient given to `prepare`.
+    unsafe fn take(&self, row: usize, k: usize) -> Self::Row;
+    /// Called once after every update has returned (writes back rows that
+    /// were handed out as copies).
+    fn finish(&mut self, _grad: &SparseGrad) {}
 }
 
 impl<'a, T: Send> RowArrays for RowsMut<'a, T> {
@@ -96,7 +113,7 @@ impl<'a, T: Send> RowArrays for RowsMut<'a, T> {
         prefetch(self.ptr.wrapping_add(row * self.width), self.width);
     }
     #[inline(always)]
-    unsafe fn take(&self, row: usize) -> &'a mut [T] {
+    unsafe fn take(&self, row: usize, _k: usize) -> &'a mut [T] {
         // SAFETY: row < self.rows (the caller's contract) keeps the slice in
         // the borrowed array; taking each row once keeps it unaliased.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(row * self.width), self.width) }
@@ -113,9 +130,9 @@ impl<'a, T: Send> RowArrays for PerRowMut<'a, T> {
         self.0.prefetch(row);
     }
     #[inline(always)]
-    unsafe fn take(&self, row: usize) -> &'a mut T {
+    unsafe fn take(&self, row: usize, k: usize) -> &'a mut T {
         // SAFETY: forwarded: the caller upholds `take`'s contract.
-        unsafe { &mut self.0.take(row)[0] }
+        unsafe { &mut self.0.take(row, k)[0] }
     }
 }
 
@@ -130,10 +147,20 @@ impl<A: RowArrays> RowArrays for Option<A> {
             a.prefetch(row);
         }
     }
+    fn prepare(&mut self, grad: &SparseGrad) {
+        if let Some(a) = self {
+            a.prepare(grad);
+        }
+    }
     #[inline(always)]
-    unsafe fn take(&self, row: usize) -> Self::Row {
+    unsafe fn take(&self, row: usize, k: usize) -> Self::Row {
         // SAFETY: forwarded: the caller upholds `take`'s contract.
-        self.as_ref().map(|a| unsafe { a.take(row) })
+        self.as_ref().map(|a| unsafe { a.take(row, k) })
+    }
+    fn finish(&mut self, grad: &SparseGrad) {
+        if let Some(a) = self {
+            a.finish(grad);
+        }
     }
 }
 
@@ -160,11 +187,19 @@ macro_rules! tuple_row_arrays {
                 let ($($a,)+) = self;
                 $($a.prefetch(row);)+
             }
+            fn prepare(&mut self, grad: &SparseGrad) {
+                let ($($a,)+) = self;
+                $($a.prepare(grad);)+
+            }
             #[inline(always)]
-            unsafe fn take(&self, row: usize) -> Self::Row {
+            unsafe fn take(&self, row: usize, k: usize) -> Self::Row {
                 let ($($a,)+) = self;
                 // SAFETY: forwarded to every part: the caller upholds `take`'s contract.
-                unsafe { ($($a.take(row),)+) }
+                unsafe { ($($a.take(row, k),)+) }
+            }
+            fn finish(&mut self, grad: &SparseGrad) {
+                let ($($a,)+) = self;
+                $($a.finish(grad);)+
             }
         }
     };
@@ -183,7 +218,7 @@ tuple_row_arrays!(A B C D E F);
 /// Panics, before any update, unless `grad`'s rows are strictly increasing
 /// (its invariant, checked here so that soundness does not rest on it) and
 /// below the arrays' row count, and unless all arrays have the same rows.
-pub fn for_each_grad_row<A: RowArrays>(grad: &SparseGrad, arrays: A, update: impl Fn(A::Row, &[f32]) + Sync) {
+pub fn for_each_grad_row<A: RowArrays>(grad: &SparseGrad, mut arrays: A, update: impl Fn(A::Row, &[f32]) + Sync) {
     let (rows, values, dim) = (grad.rows(), grad.values(), grad.dim());
     if rows.is_empty() {
         return;
@@ -194,25 +229,157 @@ pub fn for_each_grad_row<A: RowArrays>(grad: &SparseGrad, arrays: A, update: imp
     assert!(rows.windows(2).all(|p| p[0] < p[1]), "gradient rows are not sorted and unique");
     let last = rows[rows.len() - 1];
     assert!((last as usize) < table_rows, "row id {last} out of range for {table_rows} rows");
-    let arrays = &arrays;
+    arrays.prepare(grad);
+    let shared = &arrays;
     for_each_claimed(rows.len().div_ceil(ROWS_PER_TASK), |task| {
         let first = task * ROWS_PER_TASK;
         let rows = &rows[first..(first + ROWS_PER_TASK).min(rows.len())];
         let g = &values[first * dim..(first + rows.len()) * dim];
         let ahead = |k: usize| {
             if let Some(&row) = rows.get(k) {
-                arrays.prefetch(row as usize);
+                shared.prefetch(row as usize);
             }
         };
         (0..PREFETCH_ROWS).for_each(ahead);
         for (k, (&row, g)) in rows.iter().zip(g.chunks_exact(dim)).enumerate() {
             ahead(k + PREFETCH_ROWS);
             // SAFETY: rows are strictly increasing (so each is taken once, by
-            // one task) and below `table_rows` (checked above), and `arrays`
+            // one task) and below `table_rows` (checked above), `first + k` is
+            // the row's position in the gradient `prepare` saw, and `arrays`
             // was moved into this call, so no other call takes from it.
-            update(unsafe { arrays.take(row as usize) }, g);
+            update(unsafe { shared.take(row as usize, first + k) }, g);
         }
     });
+    arrays.finish(grad);
+}
+
+/// The table's rows for [`for_each_grad_row`], handed to the update as
+/// `&mut [f32]` whatever the table stores.
+pub enum TableRowsMut<'a> {
+    F32(RowsMut<'a, f32>),
+    Bf16(HalfRowsMut<'a, bf16>),
+    F16(HalfRowsMut<'a, f16>),
+}
+
+impl<'a> TableRowsMut<'a> {
+    /// Borrows `table` for one update (a half table's rounding key moves one step on).
+    pub fn new(table: &'a mut EmbeddingTable) -> Self {
+        let dim = table.dim();
+        match table.for_update() {
+            RowsForUpdate::F32(w) => TableRowsMut::F32(RowsMut::new(w, dim)),
+            RowsForUpdate::Bf16(w, scratch, key) => TableRowsMut::Bf16(HalfRowsMut::new(w, dim, scratch, key)),
+            RowsForUpdate::F16(w, scratch, key) => TableRowsMut::F16(HalfRowsMut::new(w, dim, scratch, key)),
+        }
+    }
+}
+
+/// Runs `$body` with `$r` bound to the variant's arrays (one predictable
+/// branch per row; each arm is its own monomorphised code).
+macro_rules! each_table_kind {
+    ($self:expr, |$r:ident| $body:expr) => {
+        match $self {
+            TableRowsMut::F32($r) => $body,
+            TableRowsMut::Bf16($r) => $body,
+            TableRowsMut::F16($r) => $body,
+        }
+    };
+}
+
+impl<'a> RowArrays for TableRowsMut<'a> {
+    type Row = &'a mut [f32];
+    fn rows(&self) -> Option<usize> {
+        each_table_kind!(self, |r| r.rows())
+    }
+    #[inline(always)]
+    fn prefetch(&self, row: usize) {
+        each_table_kind!(self, |r| r.prefetch(row))
+    }
+    fn prepare(&mut self, grad: &SparseGrad) {
+        each_table_kind!(self, |r| r.prepare(grad))
+    }
+    #[inline(always)]
+    unsafe fn take(&self, row: usize, k: usize) -> &'a mut [f32] {
+        // SAFETY: forwarded: the caller upholds `take`'s contract.
+        each_table_kind!(self, |r| unsafe { r.take(row, k) })
+    }
+    fn finish(&mut self, grad: &SparseGrad) {
+        each_table_kind!(self, |r| r.finish(grad))
+    }
+}
+
+/// Half-precision rows handed out as f32 copies: `take` widens row `row`
+/// into scratch slot `k` (the row's position in the gradient, so every row
+/// has its own slot), and `finish` rounds every slot back into its row.
+pub struct HalfRowsMut<'a, H> {
+    rows: RowsMut<'a, H>,
+    scratch: &'a mut Vec<f32>,
+    /// `scratch`'s data once `prepare` has sized it.
+    slots: *mut f32,
+    key: RoundingKey,
+}
+
+// SAFETY: the rows are a RowsMut (see its impls); the slots are disjoint
+// per gradient row, each handed out once by `take`, and read only by
+// `finish`, which runs after every update has returned.
+unsafe impl<H: Send> Send for HalfRowsMut<'_, H> {}
+// SAFETY: as above.
+unsafe impl<H: Send> Sync for HalfRowsMut<'_, H> {}
+
+impl<'a, H: RowValue> HalfRowsMut<'a, H> {
+    fn new(data: &'a mut [H], width: usize, scratch: &'a mut Vec<f32>, key: RoundingKey) -> Self {
+        HalfRowsMut { rows: RowsMut::new(data, width), scratch, slots: std::ptr::null_mut(), key }
+    }
+}
+
+impl<'a, H: RowValue> RowArrays for HalfRowsMut<'a, H> {
+    type Row = &'a mut [f32];
+    fn rows(&self) -> Option<usize> {
+        Some(self.rows.rows)
+    }
+    #[inline(always)]
+    fn prefetch(&self, row: usize) {
+        self.rows.prefetch(row);
+    }
+    fn prepare(&mut self, grad: &SparseGrad) {
+        let need = grad.len() * self.rows.width;
+        if self.scratch.len() < need {
+            self.scratch.resize(need, 0.0);
+        }
+        self.slots = self.scratch.as_mut_ptr();
+    }
+    #[inline(always)]
+    unsafe fn take(&self, row: usize, k: usize) -> &'a mut [f32] {
+        let width = self.rows.width;
+        // SAFETY: row < rows (the caller's contract) keeps the row in the
+        // borrowed array, which is only read here; k < grad.len() (k is the
+        // row's position in the gradient `prepare` sized the scratch for)
+        // keeps slot k in the scratch, and each k is taken once, so the slot
+        // handed out is unaliased.
+        unsafe {
+            let src = std::slice::from_raw_parts(self.rows.ptr.add(row * width), width);
+            let slot = std::slice::from_raw_parts_mut(self.slots.add(k * width), width);
+            load_row(slot, src);
+            slot
+        }
+    }
+    fn finish(&mut self, grad: &SparseGrad) {
+        let width = self.rows.width;
+        let (key, rows, this) = (self.key, grad.rows(), &*self);
+        // SAFETY: every update has returned and none can run again (the
+        // closure is borrowed by for_each_grad_row, which is still running
+        // and spawned no detached work), so nothing writes the slots while
+        // they are read here.
+        let slots = unsafe { std::slice::from_raw_parts(this.slots, rows.len() * width) };
+        rows.par_chunks(ROWS_PER_TASK).zip(slots.par_chunks(ROWS_PER_TASK * width)).for_each(|(rows, slots)| {
+            for (&row, slot) in rows.iter().zip(slots.chunks_exact(width)) {
+                // SAFETY: the gradient's rows are unique and in range
+                // (checked by for_each_grad_row), and `take` only read
+                // the table's rows, so each is taken mutably once, here.
+                let dst = unsafe { this.rows.take(row as usize, 0) };
+                store_row(dst, slot, &mut key.row_bits(row as usize));
+            }
+        });
+    }
 }
 
 #[cfg(test)]

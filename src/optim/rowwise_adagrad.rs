@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{self, HParam, InvalidKey, OptimizerConfig};
 use super::decay::{self, LazyDecay};
-use super::rows::{for_each_grad_row, PerRowMut, RowsMut};
+use super::rows::{for_each_grad_row, PerRowMut, TableRowsMut};
 use super::state::{StateData, StateError, StateSource};
 use super::TableOptimizer;
 use crate::mem::AlignedVec;
@@ -91,7 +91,7 @@ impl TableOptimizer for RowwiseAdagrad {
         self.step += 1;
         self.decay.begin_step(lr);
         let (log_decay, eps) = (self.decay.log_decay(), self.config.epsilon as f32);
-        let arrays = (RowsMut::new(table.as_mut_slice(), dim), PerRowMut::new(&mut self.sum_sq), self.decay.marks());
+        let arrays = (TableRowsMut::new(table), PerRowMut::new(&mut self.sum_sq), self.decay.marks());
         for_each_grad_row(grad, arrays, |(w, sum_sq, mark), g| {
             *sum_sq += g.iter().map(|g| g * g).sum::<f32>() / dim as f32;
             let rate = lr / (sum_sq.sqrt() + eps);

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::{self, HParam, InvalidKey, OptimizerConfig};
-use super::rows::{for_each_grad_row, RowsMut};
+use super::rows::{for_each_grad_row, TableRowsMut};
 use super::state::{StateData, StateError, StateSource};
 use super::TableOptimizer;
 use crate::model::{EmbeddingTable, SparseGrad};
@@ -63,7 +63,7 @@ impl TableOptimizer for Sgd {
         self.step += 1;
         let dim = table.dim();
         assert_eq!(grad.dim(), dim, "gradient and table dims differ");
-        for_each_grad_row(grad, RowsMut::new(table.as_mut_slice(), dim), |w, g| {
+        for_each_grad_row(grad, TableRowsMut::new(table), |w, g| {
             for (w, g) in w.iter_mut().zip(g) {
                 *w -= lr * g;
             }

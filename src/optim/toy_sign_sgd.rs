@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::{self, HParam, InvalidKey, OptimizerConfig};
-use super::rows::{for_each_grad_row, PerRowMut, RowsMut};
+use super::rows::{for_each_grad_row, PerRowMut, TableRowsMut};
 use super::state::{StateData, StateError, StateSource};
 use super::TableOptimizer;
 use crate::model::{EmbeddingTable, SparseGrad};
@@ -57,8 +57,7 @@ impl TableOptimizer for ToySignSgd {
     }
     fn step(&mut self, table: &mut EmbeddingTable, grad: &SparseGrad, lr: f32) {
         self.step += 1;
-        let dim = table.dim();
-        let arrays = (RowsMut::new(table.as_mut_slice(), dim), PerRowMut::new(&mut self.updates));
+        let arrays = (TableRowsMut::new(table), PerRowMut::new(&mut self.updates));
         for_each_grad_row(grad, arrays, |(w, updates), g| {
             *updates += 1;
             for (w, g) in w.iter_mut().zip(g) {

@@ -35,7 +35,7 @@ use super::mapping_guard::MappingGuard;
 
 use crate::data::{Featurizer, Tokenizer, Vocab};
 use crate::export::{Manifest, MANIFEST_FILE, MODEL_FILE, VOCAB_FILE};
-use crate::model::{pool_one, DenseLayer, HeadWeights, Pooling};
+use crate::model::{pool_one, DenseLayer, HeadWeights, Pooling, TableDtype, TableView};
 use crate::train::eval::log_sum_exp;
 
 /// Top-k labels of one text with their probabilities, highest first.
@@ -68,11 +68,11 @@ impl Default for LoadOptions {
 
 /// Where the table's values live.
 enum TableData {
-    /// Used in place from the private memory map (the data is 4-byte aligned).
+    /// Used in place from the private memory map (the data is aligned for its dtype).
     /// `guard` is declared first so it unregisters before `mmap` unmaps.
     Mapped { guard: MappingGuard, mmap: Mmap, start: usize, len: usize },
-    /// In anonymous memory.
-    Owned(Vec<f32>),
+    /// In anonymous memory, as u32 words so that any dtype's values are aligned.
+    Owned(Vec<u32>),
 }
 
 /// What identifies a file's contents without reading them: a change in place
@@ -130,6 +130,7 @@ pub struct Predictor {
     manifest: Manifest,
     featurizer: Featurizer,
     table: TableData,
+    table_dtype: TableDtype,
     /// The open table file and its stamp when verified.
     model_file: std::fs::File,
     /// Every bundle file's stamp when it was loaded (name → stamp).
@@ -228,17 +229,21 @@ impl Predictor {
         let tensors = SafeTensors::deserialize(data).with_context(|| format!("{}: not a valid safetensors file (truncated or corrupt?)", model_path.display()))?;
         let m = &manifest.model;
         let table_view = tensors.tensor("table").map_err(|_| anyhow::anyhow!("{}: no `table` tensor", model_path.display()))?;
-        if table_view.dtype() != Dtype::F32 || table_view.shape() != [m.rows, m.dim] {
-            bail!("{}: `table` is {:?} {:?}, the manifest says F32 [{}, {}]", model_path.display(), table_view.dtype(), table_view.shape(), m.rows, m.dim);
+        let table_dtype = m.table_dtype;
+        let want = crate::io::table_tensor_dtype(table_dtype);
+        if table_view.dtype() != want || table_view.shape() != [m.rows, m.dim] {
+            bail!("{}: `table` is {:?} {:?}, the manifest says {want:?} [{}, {}]", model_path.display(), table_view.dtype(), table_view.shape(), m.rows, m.dim);
         }
         let table_bytes = table_view.data();
         let start = table_bytes.as_ptr() as usize - data.as_ptr() as usize;
-        let (table_len, aligned) = (table_bytes.len(), (table_bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>()));
+        let (table_len, aligned) = (table_bytes.len(), (table_bytes.as_ptr() as usize).is_multiple_of(table_dtype.size()));
         let owned_table = if copy || !aligned {
             if !copy {
-                log::warn!("{}: table data is not 4-byte aligned; copying it into memory", model_path.display());
+                log::warn!("{}: table data is not {}-byte aligned; copying it into memory", model_path.display(), table_dtype.size());
             }
-            Some(bytemuck::pod_collect_to_vec(table_bytes))
+            let mut words = vec![0u32; table_len.div_ceil(4)];
+            bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..table_len].copy_from_slice(table_bytes);
+            Some(words)
         } else {
             None
         };
@@ -291,14 +296,25 @@ impl Predictor {
             let meta = std::fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?;
             stamps.push((name.to_string(), FileStamp::of(&meta)));
         }
-        Ok(Predictor { dir: dir.to_path_buf(), manifest, featurizer, table, model_file: file, stamps, rows, dim, pooling, head, load_time: started.elapsed() })
+        Ok(Predictor { dir: dir.to_path_buf(), manifest, featurizer, table, table_dtype, model_file: file, stamps, rows, dim, pooling, head, load_time: started.elapsed() })
     }
 
-    fn table(&self) -> &[f32] {
-        match &self.table {
-            TableData::Mapped { mmap, start, len, .. } => bytemuck::cast_slice(&mmap[*start..*start + *len]),
-            TableData::Owned(v) => v,
+    /// The table's rows in their stored dtype (pooling widens them to f32).
+    fn table(&self) -> TableView<'_> {
+        let bytes: &[u8] = match &self.table {
+            TableData::Mapped { mmap, start, len, .. } => &mmap[*start..*start + *len],
+            TableData::Owned(v) => &bytemuck::cast_slice(v)[..self.rows * self.dim * self.table_dtype.size()],
+        };
+        match self.table_dtype {
+            TableDtype::F32 => TableView::F32(bytemuck::cast_slice(bytes)),
+            TableDtype::Bf16 => TableView::Bf16(bytemuck::cast_slice(bytes)),
+            TableDtype::F16 => TableView::F16(bytemuck::cast_slice(bytes)),
         }
+    }
+
+    /// The dtype the bundle's table is stored (and served) in.
+    pub fn table_dtype(&self) -> TableDtype {
+        self.table_dtype
     }
 
     /// For a memory-mapped table: how its file (the very inode mapped) changed

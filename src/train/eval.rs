@@ -36,7 +36,7 @@ impl Scratch {
 
 /// Logits of one bag of row ids.
 pub fn logits<'s>(table: &EmbeddingTable, head: &HeadWeights, pooling: Pooling, ids: &[u32], s: &'s mut Scratch) -> &'s [f32] {
-    pool_one(table.as_slice(), table.dim(), ids, pooling, &mut s.pooled);
+    pool_one(table.view(), table.dim(), ids, pooling, &mut s.pooled);
     head.logits_into(&s.pooled, &mut s.a, &mut s.b)
 }
 

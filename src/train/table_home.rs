@@ -103,7 +103,7 @@ impl<B: Backend> TableHome<B> {
                 let (n, dim) = (bags.len(), table.dim());
                 h.pooled.resize(n * dim, 0.0);
                 table.materialize(bags.ids);
-                bag_forward(table.as_slice(), dim, bags, pooling, &mut h.pooled);
+                bag_forward(table.view(), dim, bags, pooling, &mut h.pooled);
                 Tensor::from_data(TensorData::new(h.pooled.clone(), [n, dim]), device).require_grad()
             }
             TableHome::Device(d) => {
@@ -161,7 +161,14 @@ impl<B: Backend> TableHome<B> {
         let norm = |row: &[f32]| row.iter().map(|x| x * x).sum::<f32>().sqrt();
         let norms = |values: &[f32]| values.chunks(dim).map(norm).collect::<Vec<f32>>();
         match self {
-            TableHome::Host(h) => (h.grad.rows().iter().map(|&r| norm(table.row(r as usize))).collect(), norms(h.grad.values())),
+            TableHome::Host(h) => {
+                let mut row = vec![0f32; dim];
+                let row_norms = h.grad.rows().iter().map(|&r| {
+                    table.row_into(r as usize, &mut row);
+                    norm(&row)
+                });
+                (row_norms.collect(), norms(h.grad.values()))
+            }
             TableHome::Device(d) => {
                 let rows = norms(&d.table.rows_to_host(self.touched_rows()));
                 let grads = d.grad.as_ref().map_or_else(Vec::new, |g| norms(&g.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()));

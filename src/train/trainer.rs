@@ -375,7 +375,7 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
     let mut head_optimizer = head_optimizer_config(&config).init::<B, Head<B>>();
     // Rows are generated from the recipe when first used: start-up costs
     // nothing per row, and rows no batch touches are never written.
-    let recipe = TableRecipe { rows, dim, init: config.model.init, seed: config.experiment.seed };
+    let recipe = TableRecipe { rows, dim, init: config.model.init, seed: config.experiment.seed, dtype: config.model.table_dtype };
     let held_ids = if resident.is_some() { "the resident rows (memory.table_rows = \"reached\"), in increasing global id" } else { "all rows, by id" };
     // The table first, then its state: in a table file, rows come first.
     let (mut table, mut table_optimizer) = super::table_file::place_table(&config, &dir, &plan, held_ids, || {
@@ -518,7 +518,8 @@ impl<B: AutodiffBackend> Run<B> {
         let spec = self.graph_spec(dense);
         if self.config.logging.log_device_placement {
             let mut text = String::from("device placement:");
-            text += &format!("\n  embedding/table [{}, {}] (+ {} state): {} ({})", spec.table_rows, spec.dim, spec.table_optimizer, spec.table_device, self.home.describe());
+            let (dtype, row_bytes) = (self.table.dtype().name(), self.table.row_bytes());
+            text += &format!("\n  embedding/table [{}, {}] {dtype}, {row_bytes} B/row (+ {} state): {} ({})", spec.table_rows, spec.dim, spec.table_optimizer, spec.table_device, self.home.describe());
             if let (crate::memory::TableStorage::Mmap, Some(path)) = (self.config.model.table_storage, &self.config.model.table_path) {
                 text += &format!(" (rows and state on disk: {}, mmap)", path.display());
             }
@@ -549,6 +550,7 @@ impl<B: AutodiffBackend> Run<B> {
         .chain([
             ("head_lr".into(), HParamValue::Num(c.optimizer.head.lr)),
             ("dim".into(), HParamValue::Num(c.model.dim as f64)),
+            ("table_dtype".into(), HParamValue::Str(c.model.table_dtype.name().into())),
             ("buckets".into(), HParamValue::Num(c.vocab.buckets as f64)),
             ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
             ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
@@ -689,6 +691,8 @@ impl<B: AutodiffBackend> Run<B> {
         lap(&mut self.timings.bag_backward_ms);
 
         let table_lr = (self.config.optimizer.table.lr() * lr) as f32;
+        // Half rows' stochastic rounding is keyed by the global step (resume repeats it).
+        self.table.set_update_step(self.state.step);
         self.home.step(&mut self.table, self.table_optimizer.as_mut(), table_lr);
         if self.dense_table_updates {
             self.checkpointer.record_all_rows();
@@ -792,6 +796,8 @@ impl<B: AutodiffBackend> Run<B> {
         let owes_decay = self.table_optimizer.state().iter().any(|(name, _)| *name == "row_log_decay");
         if owes_decay {
             self.table.materialize_all();
+            // Half rows round this pass keyed by the final step, as Checkpoint::model does.
+            self.table.set_update_step(self.state.step);
             self.table_optimizer.apply_pending_decay(&mut self.table);
         }
         let final_eval = match &self.last_eval {
@@ -860,14 +866,16 @@ impl<B: AutodiffBackend> Run<B> {
         let Some(resident) = &self.resident else {
             let ids: Vec<u32> = (0..n as u32).collect();
             self.table.materialize(&ids);
-            return crate::summary::write_projector(&self.dir, words, &self.table.as_slice()[..n * dim], dim);
+            let mut vectors = vec![0f32; n * dim];
+            vectors.chunks_mut(dim).enumerate().for_each(|(w, out)| self.table.row_into(w, out));
+            return crate::summary::write_projector(&self.dir, words, &vectors, dim);
         };
         // Word w is table row w: held, or still at its initial value.
         let mut vectors = vec![0f32; n * dim];
         for (w, out) in vectors.chunks_mut(dim).enumerate() {
             match resident.local(w as u32) {
-                Some(local) => out.copy_from_slice(self.table.row(local as usize)),
-                None => self.recipe.initial_row(w, out),
+                Some(local) => self.table.row_into(local as usize, out),
+                None => self.recipe.initial_row_stored(w, out),
             }
         }
         crate::summary::write_projector(&self.dir, words, &vectors, dim)

@@ -11,7 +11,7 @@ use sparseburn::train::checkpoint::Checkpoint;
 pub fn restored(run: &Path) -> Vec<(String, Vec<u8>)> {
     let ckpt = Checkpoint::open_latest(run).unwrap_or_else(|e| panic!("{}: {e:#}", run.display()));
     let (table, head) = ckpt.model().unwrap();
-    let mut out = vec![("step".to_string(), ckpt.state.step.to_le_bytes().to_vec()), ("table".to_string(), bytemuck::cast_slice(table.as_slice()).to_vec())];
+    let mut out = vec![("step".to_string(), ckpt.state.step.to_le_bytes().to_vec()), ("table".to_string(), table.view().as_bytes().to_vec())];
     for (i, l) in head.layers.iter().enumerate() {
         out.push((format!("head.{i}.weight"), bytemuck::cast_slice(&l.weight).to_vec()));
         out.push((format!("head.{i}.bias"), bytemuck::cast_slice(&l.bias).to_vec()));

@@ -8,7 +8,7 @@ use safetensors::tensor::Dtype;
 
 use super::manifest::{LinkKind, Manifest, HEAD_FILE, HEAD_OPTIM_FILE, LATEST_FILE, ROWS_FILE, TRAINER_FILE};
 use super::{checkpoints_dir, TrainerState};
-use crate::io::SafetensorsFile;
+use crate::io::{table_tensor_dtype, SafetensorsFile};
 use crate::model::{DenseLayer, EmbeddingTable, HeadWeights, TableRecipe};
 use crate::optim::{StateError, StateSource, TableOptimizer, TableOptimizerConfig};
 use crate::train::resident::ResidentRows;
@@ -137,15 +137,18 @@ impl Checkpoint {
         if (table.rows(), table.dim(), full_rows) != (local_rows, recipe.dim, recipe.rows) {
             bail!("{}: checkpoint table is {}×{}, the data and config give {}×{}", self.dir.display(), recipe.rows, recipe.dim, full_rows, table.dim());
         }
+        if table.dtype() != recipe.dtype {
+            bail!("{}: checkpoint stores {} rows, but model.table_dtype is {}", self.dir.display(), recipe.dtype.name(), table.dtype().name());
+        }
         let dim = recipe.dim;
         for (dir, m) in &self.links {
             let file = SafetensorsFile::open(&dir.join(ROWS_FILE))?;
-            let (bytes, shape) = file.raw("table", Dtype::F32)?;
+            let (bytes, shape) = file.raw("table", table_tensor_dtype(recipe.dtype))?;
             if shape != [m.rows_stored as usize, dim] {
                 bail!("{}: table rows have shape {shape:?}, expected [{}, {dim}]", dir.join(ROWS_FILE).display(), m.rows_stored);
             }
             let rows = LinkRows::of(&file, dir, m, recipe.rows, resident)?;
-            rows.copy_into(bytes, dim * 4, bytemuck::cast_slice_mut(table.as_mut_slice()));
+            rows.copy_into(bytes, dim * recipe.dtype.size(), table.as_bytes_mut());
             match rows {
                 LinkRows::Ids(ids) => table.mark_materialized(&ids),
                 LinkRows::All | LinkRows::Pick(_) => table.mark_materialized(&(0..local_rows as u32).collect::<Vec<_>>()),
@@ -159,9 +162,11 @@ impl Checkpoint {
     /// dense optimizer would have (what export and evaluation should see).
     pub fn model(&self) -> anyhow::Result<(EmbeddingTable, HeadWeights)> {
         let r = self.recipe();
-        let mut table = EmbeddingTable::new(r.rows, r.dim, r.init, r.seed);
+        let mut table = EmbeddingTable::eager(r);
         self.restore_table(&mut table, None)?;
         if self.owes_decay()? {
+            // Half rows round this pass keyed by the checkpoint's step, as the trainer does at the end.
+            table.set_update_step(self.state.step);
             self.table_optimizer()?.apply_pending_decay(&mut table);
         }
         Ok((table, self.head()?))

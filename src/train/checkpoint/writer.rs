@@ -18,7 +18,7 @@ use super::manifest::{LinkKind, Manifest, CHECKPOINT_FORMAT_VERSION, HEAD_FILE, 
 use super::{checkpoints_dir, folder_name, TrainerState};
 use crate::config::CheckpointConfig;
 use crate::durable;
-use crate::io::{write_safetensors_to, HashingWriter, TensorOut};
+use crate::io::{table_tensor_dtype, write_safetensors_to, HashingWriter, TensorOut};
 use crate::model::{EmbeddingTable, HeadWeights, TableRecipe};
 use crate::optim::TableOptimizer;
 use crate::train::resident::ResidentRows;
@@ -228,7 +228,7 @@ impl Checkpointer {
         let dim = table.dim();
         let arrays = optimizer.state();
         let per_row_bytes: usize = arrays.iter().filter(|(n, _)| optimizer.per_row_state().contains(n)).map(|(_, d)| d.bytes() / rows.max(1)).sum();
-        let row_bytes = (dim * 4 + per_row_bytes) as u64;
+        let row_bytes = (table.row_bytes() + per_row_bytes) as u64;
         let delta_bytes = self.dirty.len(rows) as u64 * row_bytes;
         let as_delta = self.tip.as_ref().filter(|t| t.depth < self.max_chain && (t.delta_bytes + delta_bytes) as f64 <= t.base_bytes as f64 * self.compact_ratio);
         let (kind, parent, depth, ids) = match as_delta {
@@ -257,11 +257,12 @@ impl Checkpointer {
             };
             tensors.push(OwnedTensor { name: "ids".into(), dtype: Dtype::U32, shape: vec![ids.len()], bytes: bytemuck::cast_slice(&global).to_vec() });
         }
+        // Rows in the table's own dtype: a half table's checkpoint is half the bytes.
         tensors.push(OwnedTensor {
             name: "table".into(),
-            dtype: Dtype::F32,
+            dtype: table_tensor_dtype(table.dtype()),
             shape: vec![stored, dim],
-            bytes: gather(bytemuck::cast_slice(table.as_slice()), dim * 4, ids.as_deref()),
+            bytes: gather(table.view().as_bytes(), table.row_bytes(), ids.as_deref()),
         });
         for (array, data) in &arrays {
             let TensorOut { dtype, bytes, .. } = TensorOut::state(*array, *data);
