@@ -62,7 +62,7 @@ fn placement_log_names_every_part_and_its_device() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let log = String::from_utf8_lossy(&out.stderr);
     for line in [
-        "embedding/table [205788, 64] (+ lazy_adam state): /device:CPU:0",
+        "embedding/table [205788, 64] f32, 256 B/row (+ lazy_adam state): /device:CPU:0",
         "embedding/bag_pool (mean) and its sparse backward: /device:CPU:0",
         "head/linear_0 weight [64, 16], bias [16]: /device:CPU:0",
         "head/linear_1 weight [16, 5], bias [5]: /device:CPU:0",
