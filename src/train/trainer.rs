@@ -540,30 +540,27 @@ impl<B: AutodiffBackend> Run<B> {
             };
             (key.to_string(), value)
         });
-        let hparams: Vec<(String, HParamValue)> = [
-            ("arm".into(), HParamValue::Str(c.experiment.arm.clone())),
-            ("optimizer".into(), HParamValue::Str(t.name().into())),
-            ("table_storage".into(), HParamValue::Str(c.model.table_storage.name().into())),
-        ]
-        .into_iter()
-        .chain(table_hparams)
-        .chain([
-            ("head_lr".into(), HParamValue::Num(c.optimizer.head.lr)),
-            ("dim".into(), HParamValue::Num(c.model.dim as f64)),
-            ("table_dtype".into(), HParamValue::Str(c.model.table_dtype.name().into())),
-            ("buckets".into(), HParamValue::Num(c.vocab.buckets as f64)),
-            ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
-            ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
-            ("batch_size".into(), HParamValue::Num(c.train.batch_size as f64)),
-            ("epochs".into(), HParamValue::Num(c.train.epochs as f64)),
-            ("hidden".into(), HParamValue::Str(format!("{:?}", c.model.hidden))),
-            ("split".into(), HParamValue::Str(c.tokenizer.split.name().into())),
-            ("minn".into(), HParamValue::Num(c.vocab.minn as f64)),
-            ("maxn".into(), HParamValue::Num(c.vocab.maxn as f64)),
-            ("label_smoothing".into(), HParamValue::Num(c.train.label_smoothing)),
-            ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
-        ])
-        .collect();
+        let hparams: Vec<(String, HParamValue)> = [("arm".into(), HParamValue::Str(c.experiment.arm.clone())), ("optimizer".into(), HParamValue::Str(t.name().into()))]
+            .into_iter()
+            .chain(table_hparams)
+            .chain([
+                ("head_lr".into(), HParamValue::Num(c.optimizer.head.lr)),
+                ("dim".into(), HParamValue::Num(c.model.dim as f64)),
+                ("table_storage".into(), HParamValue::Str(c.model.table_storage.name().into())),
+                ("table_dtype".into(), HParamValue::Str(c.model.table_dtype.name().into())),
+                ("buckets".into(), HParamValue::Num(c.vocab.buckets as f64)),
+                ("ngrams".into(), HParamValue::Num(c.vocab.ngrams as f64)),
+                ("pooling".into(), HParamValue::Str(c.model.pooling.name().into())),
+                ("batch_size".into(), HParamValue::Num(c.train.batch_size as f64)),
+                ("epochs".into(), HParamValue::Num(c.train.epochs as f64)),
+                ("hidden".into(), HParamValue::Str(format!("{:?}", c.model.hidden))),
+                ("split".into(), HParamValue::Str(c.tokenizer.split.name().into())),
+                ("minn".into(), HParamValue::Num(c.vocab.minn as f64)),
+                ("maxn".into(), HParamValue::Num(c.vocab.maxn as f64)),
+                ("label_smoothing".into(), HParamValue::Num(c.train.label_smoothing)),
+                ("seed".into(), HParamValue::Num(c.experiment.seed as f64)),
+            ])
+            .collect();
         let start = RunStart {
             run_dir: (!self.temporary_dir).then_some(self.dir.as_path()),
             config: &self.config,
