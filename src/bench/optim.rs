@@ -508,7 +508,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
                 triad_fraction: None,
                 state_init_s,
                 table_storage: storage.name().into(),
-                plan_bytes: (size.rows * dim * 4) as u64 + config.state_bytes(size.rows, dim),
+                plan_bytes: (size.rows * dim * args.table_dtype.size()) as u64 + config.state_bytes(size.rows, dim),
                 fault_in: mapped.then(|| Summary::of(&s.fault_in)),
                 major_faults_per_step: s.faults.major as f64 / timed as f64,
                 minor_faults_per_step: s.faults.minor as f64 / timed as f64,
@@ -518,7 +518,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
         }
     }
     drop(sizes);
-    let tables: u64 = args.rows.iter().map(|&r| (r * dim * 4) as u64).sum();
+    let tables: u64 = args.rows.iter().map(|&r| (r * dim * args.table_dtype.size()) as u64).sum();
     let states = configs.iter().map(|c| args.rows.iter().map(|&r| c.state_bytes(r, dim)).sum::<u64>()).max().unwrap_or(0);
     let (plan_resident_bytes, plan_disk_bytes) = if mapped { (0, tables + states) } else { (tables + states, 0) };
     let triad_after = run_triad();
