@@ -25,6 +25,9 @@ pub struct Config {
     pub export: ExportConfig,
     pub memory: MemoryConfig,
     pub placement: PlacementConfig,
+    /// Training across processes (`mpirun`); absent from saved configs when "none".
+    #[serde(skip_serializing_if = "DistributedConfig::is_none")]
+    pub distributed: DistributedConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -258,6 +261,41 @@ pub struct PlacementConfig {
 impl Default for PlacementConfig {
     fn default() -> Self {
         PlacementConfig { embedding: "cpu".into(), dense: "cpu".into() }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributedConfig {
+    /// "none" (one process), "replicated" (data parallel: every rank holds the
+    /// whole table) or "row_sharded" (rank r holds rows `id % W == r` and their
+    /// optimizer state). The others need an MPI launch and `--features mpi`
+    /// (see `crate::distributed`).
+    pub mode: DistributedMode,
+}
+
+impl DistributedConfig {
+    fn is_none(&self) -> bool {
+        self.mode == DistributedMode::None
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistributedMode {
+    #[default]
+    None,
+    Replicated,
+    RowSharded,
+}
+
+impl DistributedMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DistributedMode::None => "none",
+            DistributedMode::Replicated => "replicated",
+            DistributedMode::RowSharded => "row_sharded",
+        }
     }
 }
 
