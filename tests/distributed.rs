@@ -171,3 +171,25 @@ fn refused_set_ups_say_why() {
     let e = format!("{:#}", Config::load(Path::new("configs/quickstart.toml"), &["distributed.mode=sharded".into()]).unwrap_err());
     assert!(e.contains("distributed.mode") && e.contains("row_sharded"), "{e}");
 }
+
+#[test]
+fn a_cancel_on_one_rank_stops_every_rank_at_the_same_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(DistributedMode::RowSharded, &[]);
+    let stop = sparseburn::cancel::CancelToken::new();
+    stop.cancel();
+    let handles: Vec<_> = Group::threads(3)
+        .into_iter()
+        .enumerate()
+        .map(|(rank, group)| {
+            // Only rank 2 is told to stop (as Ctrl-C may reach one process).
+            let cancel = if rank == 2 { stop.clone() } else { Default::default() };
+            let (c, options) = (c.clone(), TrainOptions { group: Some(group), cancel, ..options(&tmp.path().join("cancelled")) });
+            std::thread::spawn(move || train(&c, &options))
+        })
+        .collect();
+    for (rank, h) in handles.into_iter().enumerate() {
+        let outcome = h.join().unwrap().unwrap();
+        assert!(outcome.interrupted && outcome.steps == 1, "rank {rank}: interrupted {} after {} steps", outcome.interrupted, outcome.steps);
+    }
+}

@@ -94,11 +94,20 @@ impl Collective for MpiCollective {
 
     fn all_to_all_v(&self, send: &[Vec<u8>]) -> anyhow::Result<Vec<Vec<u8>>> {
         assert_eq!(send.len(), self.size, "all_to_all_v needs one buffer per rank");
-        let send_counts = send.iter().map(|b| count(b.len(), "all-to-all")).collect::<anyhow::Result<Vec<Count>>>()?;
+        // Every block carries one leading byte, so the send buffer is never
+        // empty: an empty `[u8]`'s dangling pointer is 0x1, which is Open MPI's
+        // MPI_IN_PLACE, and the call then "sends" the receive buffer
+        // (MPI_ERR_TRUNCATE). An empty all-gather contribution is harmless:
+        // in place, it sends its own zero bytes.
+        let send_counts = send.iter().map(|b| count(b.len() + 1, "all-to-all")).collect::<anyhow::Result<Vec<Count>>>()?;
         // Each rank learns how much every other rank sends it: one all-to-all of counts.
         let mut recv_counts = vec![0 as Count; self.size];
         self.world().all_to_all_into(&send_counts[..], &mut recv_counts[..]);
-        let flat: Vec<u8> = send.concat();
+        let mut flat: Vec<u8> = Vec::with_capacity(send_counts.iter().map(|&c| c as usize).sum());
+        for block in send {
+            flat.push(0);
+            flat.extend_from_slice(block);
+        }
         let send_displs = displacements(&send_counts);
         let recv_displs = displacements(&recv_counts);
         let total: usize = recv_counts.iter().map(|&c| c as usize).sum();
@@ -108,7 +117,7 @@ impl Collective for MpiCollective {
             let mut received = PartitionMut::new(&mut buf[..], &recv_counts[..], &recv_displs[..]);
             self.world().all_to_all_varcount_into(&partition, &mut received);
         }
-        Ok(split(&buf, &recv_counts))
+        Ok(split(&buf, &recv_counts).into_iter().map(|mut b| b.split_off(1)).collect())
     }
 
     fn barrier(&self) -> anyhow::Result<()> {

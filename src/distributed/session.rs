@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::collective::{Collective, Traffic};
 use super::rank_dirs;
+use crate::cancel::CancelToken;
 use crate::config::{Config, DistributedMode};
 use crate::data::{Batch, Dataset};
 use crate::model::{EmbeddingTable, HeadWeights, Pooling, SparseGrad};
@@ -47,6 +48,11 @@ pub struct Distributed {
     positions: Vec<u32>,
     /// row_sharded, rank 0: the test set with ids rewritten as positions in its sorted unique ids.
     eval_set: Option<(Dataset, Vec<u32>)>,
+    /// The caller's token (Ctrl-C may reach one process only), and the one the
+    /// trainer sees: cancelled on every rank at the same step once any rank's
+    /// own token is, so all stop together.
+    cancel: CancelToken,
+    agreed: CancelToken,
 }
 
 impl Distributed {
@@ -59,7 +65,7 @@ impl Distributed {
             (_, Some(group)) => Some(group.collective().clone()),
             (_, None) => Some(mpi_world(mode)?),
         };
-        Ok(Distributed { mode, comm, traffic: Traffic::default(), wanted: Vec::new(), gathered: Vec::new(), positions: Vec::new(), eval_set: None })
+        Ok(Distributed { mode, comm, traffic: Traffic::default(), wanted: Vec::new(), gathered: Vec::new(), positions: Vec::new(), eval_set: None, cancel: options.cancel.clone(), agreed: CancelToken::new() })
     }
 
     pub fn rank(&self) -> usize {
@@ -83,7 +89,11 @@ impl Distributed {
     pub fn rank_setup(&self, config: &Config, options: &TrainOptions) -> anyhow::Result<(Config, TrainOptions)> {
         match &self.comm {
             None => Ok((config.clone(), options.clone())),
-            Some(c) => Ok((rank_dirs::rank_config(config, c.rank()), rank_dirs::rank_options(c.as_ref(), self.mode, config, options)?)),
+            Some(c) => {
+                let mut options = rank_dirs::rank_options(c.as_ref(), self.mode, config, options)?;
+                options.cancel = self.agreed.clone();
+                Ok((rank_dirs::rank_config(config, c.rank()), options))
+            }
         }
     }
 
@@ -229,11 +239,15 @@ impl Distributed {
         }
     }
 
-    /// The batch's summed (scaled) mean loss and correct predictions over all ranks.
+    /// The batch's summed (scaled) mean loss and correct predictions over all
+    /// ranks; a cancellation on any rank travels with them to every rank.
     pub fn reduce_loss(&mut self, loss: f32, correct: f32) -> anyhow::Result<(f32, f32)> {
         let Some(comm) = self.comm.clone() else { return Ok((loss, correct)) };
-        let mut v = [loss, correct];
-        self.traffic.count(8 * (comm.size() - 1), || comm.all_reduce_sum_f32(&mut v))?;
+        let mut v = [loss, correct, if self.cancel.is_cancelled() { 1.0 } else { 0.0 }];
+        self.traffic.count(12 * (comm.size() - 1), || comm.all_reduce_sum_f32(&mut v))?;
+        if v[2] > 0.0 {
+            self.agreed.cancel();
+        }
         Ok((v[0], v[1]))
     }
 
