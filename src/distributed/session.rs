@@ -65,7 +65,17 @@ impl Distributed {
             (_, Some(group)) => Some(group.collective().clone()),
             (_, None) => Some(mpi_world(mode)?),
         };
-        Ok(Distributed { mode, comm, traffic: Traffic::default(), wanted: Vec::new(), gathered: Vec::new(), positions: Vec::new(), eval_set: None, cancel: options.cancel.clone(), agreed: CancelToken::new() })
+        Ok(Distributed {
+            mode,
+            comm,
+            traffic: Traffic::default(),
+            wanted: Vec::new(),
+            gathered: Vec::new(),
+            positions: Vec::new(),
+            eval_set: None,
+            cancel: options.cancel.clone(),
+            agreed: CancelToken::new(),
+        })
     }
 
     pub fn rank(&self) -> usize {
