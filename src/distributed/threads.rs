@@ -139,7 +139,7 @@ mod tests {
         });
         // Independently: the same values, added in rank order.
         let want: Vec<f32> = (0..100)
-            .map(|i| (0..4).map(|r| ((i * 7 + r * 13) as f32).sin() * 10f32.powi(r as i32 * 3 - 4)).fold(None, |acc: Option<f32>, x| Some(acc.map_or(x, |a| a + x))).unwrap())
+            .map(|i| (0..4usize).map(|r| ((i * 7 + r * 13) as f32).sin() * 10f32.powi(r as i32 * 3 - 4)).fold(None, |acc: Option<f32>, x| Some(acc.map_or(x, |a| a + x))).unwrap())
             .collect();
         for v in &got {
             assert_eq!(v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
