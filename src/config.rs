@@ -25,6 +25,9 @@ pub struct Config {
     pub export: ExportConfig,
     pub memory: MemoryConfig,
     pub placement: PlacementConfig,
+    /// Training across processes (`mpirun`); absent from saved configs when "none".
+    #[serde(skip_serializing_if = "DistributedConfig::is_none")]
+    pub distributed: DistributedConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -275,6 +278,41 @@ impl Default for PlacementConfig {
     }
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributedConfig {
+    /// "none" (one process), "replicated" (data parallel: every rank holds the
+    /// whole table) or "row_sharded" (rank r holds rows `id % W == r` and their
+    /// optimizer state). The others need an MPI launch and `--features mpi`
+    /// (see `crate::distributed`).
+    pub mode: DistributedMode,
+}
+
+impl DistributedConfig {
+    fn is_none(&self) -> bool {
+        self.mode == DistributedMode::None
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistributedMode {
+    #[default]
+    None,
+    Replicated,
+    RowSharded,
+}
+
+impl DistributedMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DistributedMode::None => "none",
+            DistributedMode::Replicated => "replicated",
+            DistributedMode::RowSharded => "row_sharded",
+        }
+    }
+}
+
 /// Where a config value came from: a file name, or a function of the key
 /// (a `--set` flag for the keys it set, the file for the rest).
 trait Origin {
@@ -458,6 +496,16 @@ impl Config {
             }
             if self.model.table_storage == crate::memory::TableStorage::Mmap {
                 bail!(at(source, "model.table_storage", format!("\"mmap\" keeps the table in a host file; placement.embedding = \"{table}\" keeps it on a device: choose one")));
+            }
+        }
+        if self.distributed.mode != DistributedMode::None {
+            // The exchange moves f32 rows of host tables (src/distributed).
+            let mode = self.distributed.mode.name();
+            if self.model.table_dtype != TableDtype::F32 {
+                bail!(at(source, "model.table_dtype", format!("distributed.mode = \"{mode}\" exchanges f32 rows; got \"{}\"", self.model.table_dtype.name())));
+            }
+            if table != crate::device::TablePlacement::Host {
+                bail!(at(source, "placement.embedding", format!("distributed.mode = \"{mode}\" needs the host table (\"cpu\"), got \"{table}\"")));
             }
         }
         if let Some(gb) = self.memory.host_max_gb {

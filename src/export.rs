@@ -440,7 +440,8 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
         None => checkpoint::latest(run_dir)?,
     };
     let ckpt = checkpoint::Checkpoint::open(&ckpt_dir)?;
-    let (table, head) = ckpt.model()?;
+    // A row-sharded run's table is put together from every rank's shard.
+    let (table, head) = crate::distributed::model_of_run(run_dir, &ckpt)?;
 
     let rows = vocab.len() + config.vocab.buckets as usize;
     if table.rows() != rows {

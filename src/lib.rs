@@ -33,6 +33,7 @@ pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod durable;
 pub mod export;
 pub mod io;

@@ -75,6 +75,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if config.logging.quiet { Vec::new() } else { vec![Box::new(cli::progress::Progress::new(Duration::from_secs_f64(progress_every)))] };
             let options = TrainOptions { resume, run_dir, resume_overrides, cancel, ..Default::default() };
             let outcome = train::train_with(&config, &options, observers)?;
+            if outcome.distributed.as_ref().is_some_and(|d| d.rank > 0) {
+                return Ok(()); // rank 0 of a distributed run reports it and exports it
+            }
             let e = &outcome.final_eval;
             println!(
                 "final eval: accuracy {:.4}, top-{} {:.4}, loss {:.4} ({} examples, {} steps, {:.0} examples/s)",

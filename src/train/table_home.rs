@@ -20,6 +20,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::config::Config;
 use crate::device::TablePlacement;
+use crate::distributed::Distributed;
 use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad};
 use crate::optim::device_table::{DeviceBatch, DeviceTable, SegmentReduce, StateArrays};
 use crate::optim::{TableOptimizer, TableOptimizerConfig};
@@ -97,13 +98,23 @@ impl<B: Backend> TableHome<B> {
     }
 
     /// The pooled bags as the head's input (tracked for its gradient).
-    pub(crate) fn pool<AB: AutodiffBackend<InnerBackend = B>>(&mut self, table: &mut EmbeddingTable, bags: Bags<'_>, pooling: Pooling, device: &AB::Device) -> Tensor<AB, 2> {
-        match self {
+    /// A distributed run (host tables only) reads rows through `dist`: its
+    /// own, or in row-sharded mode rows fetched from their owners.
+    pub(crate) fn pool<AB: AutodiffBackend<InnerBackend = B>>(
+        &mut self,
+        table: &mut EmbeddingTable,
+        dist: &mut Distributed,
+        bags: Bags<'_>,
+        pooling: Pooling,
+        device: &AB::Device,
+    ) -> anyhow::Result<Tensor<AB, 2>> {
+        Ok(match self {
             TableHome::Host(h) => {
                 let (n, dim) = (bags.len(), table.dim());
                 h.pooled.resize(n * dim, 0.0);
-                table.materialize(bags.ids);
-                bag_forward(table.view(), dim, bags, pooling, &mut h.pooled);
+                dist.lookup(table, bags.ids)?;
+                let (rows, ids) = dist.view(table, bags.ids);
+                bag_forward(rows, dim, Bags::new(ids, bags.offsets), pooling, &mut h.pooled);
                 Tensor::from_data(TensorData::new(h.pooled.clone(), [n, dim]), device).require_grad()
             }
             TableHome::Device(d) => {
@@ -112,7 +123,7 @@ impl<B: Backend> TableHome<B> {
                 d.batch = Some(batch);
                 Tensor::from_inner(pooled).require_grad()
             }
-        }
+        })
     }
 
     /// Takes the gradient of the pooled bags (the host path reads it back, which waits for the head).
@@ -125,14 +136,20 @@ impl<B: Backend> TableHome<B> {
     }
 
     /// The table's sparse gradient: duplicates of a row summed.
-    pub(crate) fn backward(&mut self, bags: Bags<'_>, pooling: Pooling) {
+    /// A distributed run's gradient is then summed over ranks (see [`Distributed::reduce_table_grad`]).
+    pub(crate) fn backward(&mut self, table: &mut EmbeddingTable, dist: &mut Distributed, bags: Bags<'_>, pooling: Pooling) -> anyhow::Result<()> {
         match self {
-            TableHome::Host(h) => bag_backward(bags, pooling, &h.d_pooled, &mut h.grad),
+            TableHome::Host(h) => {
+                let (_, ids) = dist.view(table, bags.ids);
+                bag_backward(Bags::new(ids, bags.offsets), pooling, &h.d_pooled, &mut h.grad);
+                dist.reduce_table_grad(&mut h.grad, table)?;
+            }
             TableHome::Device(d) => {
                 let (batch, d_pooled) = (d.batch.as_ref().expect("pool before backward"), d.d_pooled.take().expect("receive_grad before backward"));
                 d.grad = Some(d.table.sparse_grad(batch, d_pooled));
             }
         }
+        Ok(())
     }
 
     /// One table optimizer step at learning rate `lr`.

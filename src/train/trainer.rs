@@ -18,7 +18,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, CheckpointStats, Checkpointer, TrainerState};
-use super::eval::{evaluate, EvalMetrics};
+use super::eval::EvalMetrics;
 use super::model::TrainedModel;
 use super::observer::{Observer, RunStart, StepEvent};
 use super::prepare::{prepare_from, DataSource, Prepared};
@@ -52,6 +52,9 @@ pub struct TrainOptions {
     /// loop stops after the current step, checkpoints and returns an
     /// outcome marked `interrupted`.
     pub cancel: CancelToken,
+    /// The other ranks of a `[distributed]` run, in this process (threads);
+    /// without one, such a run uses MPI (launched by `mpirun`, `--features mpi`).
+    pub group: Option<crate::distributed::Group>,
 }
 
 /// The keys `--set` may change on `--resume`.
@@ -143,6 +146,9 @@ pub struct RunOutcome {
     /// What checkpoints cost this session.
     #[serde(default)]
     pub checkpoint: CheckpointStats,
+    /// This rank's traffic, for a `[distributed]` run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<crate::distributed::DistributedStats>,
 }
 
 /// Burn's flex backend for a head on the CPU: 1.3× faster steps than ndarray
@@ -174,14 +180,21 @@ pub(crate) fn train_observed(
 ) -> anyhow::Result<(RunOutcome, Option<TrainedModel>)> {
     let dense = crate::device::parse_dense_device(&config.placement.dense).map_err(anyhow::Error::msg)?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(config.train.threads).build().context("building the thread pool")?;
-    let session = Session { options, data, observers, keep_model, temporary_dir };
-    pool.install(|| match dense {
+    let dist = crate::distributed::Distributed::connect(config, options)?;
+    // Outlives the run: an error on this rank must end the job before MPI is finalised.
+    let group = dist.collective();
+    let session = Session { options, data, observers, keep_model, temporary_dir, dist };
+    let result = pool.install(|| match dense {
         DenseDevice::Cpu => run::<CpuBackend>(config, session, Default::default(), dense),
         #[cfg(feature = "cuda")]
         DenseDevice::Cuda(n) => run::<CudaBackend>(config, session, burn::backend::cuda::CudaDevice::new(n), dense),
         #[cfg(not(feature = "cuda"))]
         DenseDevice::Cuda(_) => unreachable!("parse_dense_device rejects cuda without the feature"),
-    })
+    });
+    if let (Err(e), Some(group)) = (&result, &group) {
+        group.abort(&format!("{e:#}"));
+    }
+    result
 }
 
 /// What one call asks of a run besides its config.
@@ -192,6 +205,7 @@ struct Session<'a> {
     keep_model: bool,
     /// The run directory is a temporary folder, deleted after the run.
     temporary_dir: bool,
+    dist: crate::distributed::Distributed,
 }
 
 fn head_optimizer_config(config: &Config) -> AdamConfig {
@@ -248,11 +262,19 @@ struct Run<B: AutodiffBackend> {
     tokens: u64,
     examples: u64,
     steps_this_session: u64,
+    /// This rank's part of a `[distributed]` run (identity calls without one).
+    dist: crate::distributed::Distributed,
 }
 
 fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device, dense: DenseDevice) -> anyhow::Result<(RunOutcome, Option<TrainedModel>)> {
     let started = Instant::now();
-    let Session { options, data: source, mut observers, keep_model, temporary_dir } = session;
+    let Session { options, data: source, mut observers, keep_model, temporary_dir, dist } = session;
+    // A distributed run's rank r > 0 works in its own folder inside rank 0's run directory, quietly.
+    let (config, options) = dist.rank_setup(config, options)?;
+    let (config, options) = (&config, &options);
+    if dist.rank() > 0 {
+        observers.clear();
+    }
     if keep_model && options.resume.is_some() {
         bail!("a resumed run cannot return its model in memory: export it from the run directory");
     }
@@ -289,7 +311,7 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
     // A folder this call created is removed again if the run is refused before training.
     let created = options.resume.is_none() && options.run_dir.is_none();
     let checkpoint = match &options.resume {
-        Some(dir) => Some(Checkpoint::open_latest(dir)?),
+        Some(dir) => Some(dist.open_checkpoint(dir)?),
         None => None,
     };
     let mut data = prepare_from(&config, source)?;
@@ -360,6 +382,8 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
             page_share * 100.0
         );
     }
+    // row_sharded: this rank holds only its shard of the rows (and their state).
+    let (resident, held_rows) = dist.plan(&config, data.train.len(), resident, rows, checkpoint.as_ref().map(|c| c.state.step))?;
     let head_config = HeadConfig { input: dim, hidden: config.model.hidden.clone(), classes: data.labels.len() };
     let plan = MemoryPlan::new(&config, held_rows, &head_config, (data.train.ids.len() + data.test.ids.len()) as u64, dense);
     if let Err(e) = plan.check(&config, dense) {
@@ -444,6 +468,7 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
         tokens: 0,
         examples: 0,
         steps_this_session: 0,
+        dist,
     };
     run.start(dense, checkpoint.is_none());
     let outcome = run.train_loop(options.stop_after_step).and_then(|interrupted| run.finish(interrupted));
@@ -644,16 +669,20 @@ impl<B: AutodiffBackend> Run<B> {
 
     /// One optimisation step; returns the batch's mean loss and accuracy.
     fn step(&mut self, batch: &Batch, loss_fn: &burn::nn::loss::CrossEntropyLoss<B>, lr: f64) -> anyhow::Result<(f32, f32)> {
+        // A distributed run's rank trains its share of the batch.
+        let global_n = batch.len();
+        let local = self.dist.local_batch(batch);
+        let batch: &Batch = &local;
         let n = batch.len();
-        let pooling = self.config.model.pooling;
         let bags = Bags::new(&batch.ids, &batch.offsets);
+        let pooling = self.config.model.pooling;
         let mut clock = Instant::now();
         let mut lap = |slot: &mut f64| {
             *slot += clock.elapsed().as_secs_f64() * 1e3;
             clock = Instant::now();
         };
 
-        let x = self.home.pool::<B>(&mut self.table, bags, pooling, &self.device);
+        let x = self.home.pool::<B>(&mut self.table, &mut self.dist, bags, pooling, &self.device)?;
         lap(&mut self.timings.bag_forward_ms);
 
         let logits = self.head.forward(x.clone());
@@ -662,6 +691,10 @@ impl<B: AutodiffBackend> Run<B> {
         // Correct predictions are counted on the dense device and come back with the loss.
         let correct = logits.clone().argmax(1).squeeze_dim::<1>(1).equal(targets.clone()).int().sum().float();
         let loss = loss_fn.forward(logits, targets);
+        let loss = match self.dist.loss_scale(n, global_n) {
+            Some(share) => loss.mul_scalar(share),
+            None => loss,
+        };
         let loss_and_correct = Tensor::cat(vec![loss.clone().detach(), correct], 0);
         lap(&mut self.timings.head_forward_ms);
 
@@ -670,7 +703,7 @@ impl<B: AutodiffBackend> Run<B> {
         let mut grads = loss.backward();
         let d_pooled = x.grad_remove(&mut grads).context("no gradient reached the pooled input")?;
         let read = loss_and_correct.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let (loss_value, correct) = (read[0], read[1]);
+        let (loss_value, correct) = self.dist.reduce_loss(read[0], read[1])?;
         if !loss_value.is_finite() {
             // A checkpoint still being written becomes the last good one first.
             let _ = self.checkpointer.wait();
@@ -681,10 +714,10 @@ impl<B: AutodiffBackend> Run<B> {
             bail!("loss became {loss_value} at step {} (epoch {}); stopping: {last_good}", self.state.step + 1, self.state.epoch + 1);
         }
         self.home.receive_grad(d_pooled)?;
-        let head_grads = GradientsParams::from_grads(grads, &self.head);
+        let head_grads = self.dist.reduce_head(&self.head, GradientsParams::from_grads(grads, &self.head))?;
         lap(&mut self.timings.head_backward_ms);
 
-        self.home.backward(bags, pooling);
+        self.home.backward(&mut self.table, &mut self.dist, bags, pooling)?;
         lap(&mut self.timings.bag_backward_ms);
 
         let table_lr = (self.config.optimizer.table.lr() * lr) as f32;
@@ -701,7 +734,7 @@ impl<B: AutodiffBackend> Run<B> {
         let head = std::mem::replace(&mut self.head, Head::from_weights(&HeadWeights { layers: Vec::new() }, &self.device));
         self.head = self.head_optimizer.step(self.config.optimizer.head.lr * lr, head, head_grads);
         lap(&mut self.timings.head_optimizer_ms);
-        Ok((loss_value, correct / n as f32))
+        Ok((loss_value, correct / global_n as f32))
     }
 
     fn log_step(&mut self, batch: &Batch, loss: f32, accuracy: f32, lr: f64, total_steps: u64) -> anyhow::Result<()> {
@@ -752,7 +785,7 @@ impl<B: AutodiffBackend> Run<B> {
     fn eval_and_log(&mut self) -> anyhow::Result<EvalMetrics> {
         self.home.sync(&mut self.table, self.table_optimizer.as_mut())?;
         let head = self.head.weights();
-        let m = evaluate(&self.table, &head, self.config.model.pooling, &self.data.test, self.config.train.top_k);
+        let m = self.dist.evaluate(&self.table, &head, self.config.model.pooling, &self.data.test, self.config.train.top_k)?;
         let record = EvalRecord {
             step: self.state.step,
             epoch: self.state.epoch,
@@ -800,9 +833,10 @@ impl<B: AutodiffBackend> Run<B> {
         let final_eval = match &self.last_eval {
             // The loop has just evaluated these very weights (at the end of the last epoch).
             Some((step, m)) if *step == self.state.step && !owes_decay => m.clone(),
-            _ => evaluate(&self.table, &self.head.valid().weights(), self.config.model.pooling, &self.data.test, self.config.train.top_k),
+            _ => self.dist.evaluate(&self.table, &self.head.valid().weights(), self.config.model.pooling, &self.data.test, self.config.train.top_k)?,
         };
-        if self.config.logging.tensorboard {
+        // A row-sharded rank holds only its rows: no projector of the word vectors.
+        if self.config.logging.tensorboard && self.dist.mode() != crate::config::DistributedMode::RowSharded {
             self.write_projector()?;
         }
         self.checkpointer.finish()?;
@@ -830,7 +864,9 @@ impl<B: AutodiffBackend> Run<B> {
             interrupted,
             time_to_first_step_seconds: self.first_step_seconds.unwrap_or(0.0),
             checkpoint: self.checkpointer.stats().clone(),
+            distributed: self.dist.stats(self.steps_this_session),
         };
+        self.dist.finish()?;
         run_dir::write_summary(&self.dir, &outcome)?;
         if !self.config.logging.quiet {
             log::info!("checkpoint: {}", ckpt.display());

@@ -1,0 +1,397 @@
+//! One rank's part of a distributed run: what the trainer's step calls at
+//! its seams (the rank's share of a batch, row lookup, gradient exchange,
+//! evaluation). With `mode = "none"` every call is the identity, so a
+//! one-process run does exactly what it did before.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use super::collective::{Collective, Traffic};
+use super::rank_dirs;
+use crate::cancel::CancelToken;
+use crate::config::{Config, DistributedMode};
+use crate::data::{Batch, Dataset};
+use crate::model::{EmbeddingTable, HeadWeights, Pooling, SparseGrad, TableView};
+use crate::train::checkpoint::{checkpoints_dir, Checkpoint};
+use crate::train::resident::ResidentRows;
+use crate::train::{evaluate, EvalMetrics, TrainOptions};
+
+/// What a distributed run reports in its outcome (per rank).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DistributedStats {
+    pub mode: DistributedMode,
+    pub rank: usize,
+    pub world_size: usize,
+    /// Bytes this rank sent to other ranks per training step (ids, rows, gradients, head gradients, loss).
+    pub bytes_sent_per_step: f64,
+    /// Milliseconds per step spent in collectives (waiting for the slowest rank included).
+    pub communication_ms_per_step: f64,
+    pub collectives_per_step: f64,
+}
+
+pub struct Distributed {
+    mode: DistributedMode,
+    comm: Option<Arc<dyn Collective>>,
+    /// Training-step traffic (evaluation and set-up are not counted).
+    traffic: Traffic,
+    /// row_sharded: this step's sorted unique row ids, their rows, and the
+    /// share's ids rewritten as positions in `wanted`.
+    wanted: Vec<u32>,
+    gathered: Vec<f32>,
+    positions: Vec<u32>,
+    /// row_sharded, rank 0: the test set with ids rewritten as positions in its sorted unique ids.
+    eval_set: Option<(Dataset, Vec<u32>)>,
+    /// The caller's token (Ctrl-C may reach one process only), and the one the
+    /// trainer sees: cancelled on every rank at the same step once any rank's
+    /// own token is, so all stop together.
+    cancel: CancelToken,
+    agreed: CancelToken,
+}
+
+impl Distributed {
+    /// The run's transport: the group given in `options`, else MPI when this
+    /// process was started by `mpirun` (and built with `--features mpi`).
+    pub fn connect(config: &Config, options: &TrainOptions) -> anyhow::Result<Distributed> {
+        let mode = config.distributed.mode;
+        let comm: Option<Arc<dyn Collective>> = match (mode, &options.group) {
+            (DistributedMode::None, _) => None,
+            (_, Some(group)) => Some(group.collective().clone()),
+            (_, None) => Some(mpi_world(mode)?),
+        };
+        Ok(Distributed {
+            mode,
+            comm,
+            traffic: Traffic::default(),
+            wanted: Vec::new(),
+            gathered: Vec::new(),
+            positions: Vec::new(),
+            eval_set: None,
+            cancel: options.cancel.clone(),
+            agreed: CancelToken::new(),
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.as_ref().map_or(0, |c| c.rank())
+    }
+
+    pub fn size(&self) -> usize {
+        self.comm.as_ref().map_or(1, |c| c.size())
+    }
+
+    pub fn mode(&self) -> DistributedMode {
+        self.mode
+    }
+
+    /// The transport, for ending the job after an error on this rank.
+    pub fn collective(&self) -> Option<Arc<dyn Collective>> {
+        self.comm.clone()
+    }
+
+    /// This rank's config and options (its run directory; quiet, no TensorBoard on ranks > 0).
+    pub fn rank_setup(&self, config: &Config, options: &TrainOptions) -> anyhow::Result<(Config, TrainOptions)> {
+        match &self.comm {
+            None => Ok((config.clone(), options.clone())),
+            Some(c) => {
+                let mut options = rank_dirs::rank_options(c.as_ref(), self.mode, config, options)?;
+                options.cancel = self.agreed.clone();
+                Ok((rank_dirs::rank_config(config, c.rank()), options))
+            }
+        }
+    }
+
+    /// Checks the run can be split this way and, for row_sharded, returns the
+    /// rows this rank holds (as "resident" rows: local id = data id / W; the
+    /// checkpointer and table recipe then work unchanged) and their count.
+    /// `resident` are the rows the data reaches (data ids index them), if held
+    /// that way; `rows` is the whole table's. `resumed_step`: the step this
+    /// rank's checkpoint is at, which every rank's must share.
+    pub fn plan(
+        &self,
+        config: &Config,
+        train_examples: usize,
+        resident: Option<Arc<ResidentRows>>,
+        rows: usize,
+        resumed_step: Option<u64>,
+    ) -> anyhow::Result<(Option<Arc<ResidentRows>>, usize)> {
+        let held = resident.as_ref().map_or(rows, |r| r.len());
+        let Some(comm) = &self.comm else { return Ok((resident, held)) };
+        let w = comm.size();
+        let bs = config.train.batch_size;
+        let last = train_examples % bs;
+        if bs < w || (last > 0 && last < w) {
+            bail!(
+                "train.batch_size = {bs} over {train_examples} examples gives a batch of {} examples, fewer than the {w} ranks: every rank needs at least one example of every batch (use a batch size of at least {w} that leaves no smaller last batch)",
+                if bs < w { bs } else { last }
+            );
+        }
+        let steps = comm.all_gather_counts(resumed_step.map_or(u64::MAX, |s| s + 1))?;
+        if steps.iter().any(|&s| s != steps[0]) {
+            let described: Vec<String> =
+                steps.iter().enumerate().map(|(r, &s)| format!("rank {r}: {}", if s == u64::MAX { "none".into() } else { format!("step {}", s - 1) })).collect();
+            bail!("the ranks' latest checkpoints differ ({}): a rank stopped while the others checkpointed; resume needs the same step on every rank", described.join(", "));
+        }
+        if self.mode != DistributedMode::RowSharded {
+            return Ok((resident, held));
+        }
+        let rank = comm.rank();
+        let owned: Vec<u32> = match &resident {
+            Some(r) => r.global_ids().iter().skip(rank).step_by(w).copied().collect(),
+            None => (rank as u32..rows as u32).step_by(w).collect(),
+        };
+        let shard = ResidentRows::reached_by(rows, &[&owned]);
+        debug_assert_eq!(shard.global_ids(), &owned[..]);
+        let n = shard.len();
+        Ok((Some(Arc::new(shard)), n))
+    }
+
+    /// This rank's share of a global batch: examples `[r·n/W, (r+1)·n/W)`.
+    pub fn local_batch<'a>(&self, batch: &'a Batch) -> Cow<'a, Batch> {
+        let Some(comm) = &self.comm else { return Cow::Borrowed(batch) };
+        let (r, w, n) = (comm.rank(), comm.size(), batch.len());
+        let (a, b) = (r * n / w, (r + 1) * n / w);
+        let (from, to) = (batch.offsets[a], batch.offsets[b]);
+        Cow::Owned(Batch {
+            ids: batch.ids[from..to].to_vec(),
+            offsets: batch.offsets[a..=b].iter().map(|o| o - from).collect(),
+            labels: batch.labels[a..b].to_vec(),
+            examples: batch.examples[a..b].to_vec(),
+        })
+    }
+
+    /// The factor for this rank's mean loss over `local` of `global` examples,
+    /// so the ranks' gradients sum to the mean-loss gradient of the whole batch.
+    pub fn loss_scale(&self, local: usize, global: usize) -> Option<f32> {
+        self.comm.as_ref().map(|_| local as f32 / global as f32)
+    }
+
+    /// Makes the rows `ids` read available to [`Distributed::view`]: materialises
+    /// them in the table, or (row_sharded) fetches them from their owners.
+    pub fn lookup(&mut self, table: &mut EmbeddingTable, ids: &[u32]) -> anyhow::Result<()> {
+        if self.mode != DistributedMode::RowSharded {
+            table.materialize(ids);
+            return Ok(());
+        }
+        self.wanted.clear();
+        self.wanted.extend_from_slice(ids);
+        self.wanted.sort_unstable();
+        self.wanted.dedup();
+        self.positions.clear();
+        self.positions.extend(ids.iter().map(|id| self.wanted.binary_search(id).expect("every id is wanted") as u32));
+        let wanted = std::mem::take(&mut self.wanted);
+        let fetched = self.fetch_rows(table, &wanted, true);
+        self.wanted = wanted;
+        self.gathered = fetched?;
+        Ok(())
+    }
+
+    /// The rows and ids the step pools with after [`Distributed::lookup`]: the
+    /// table and `ids`, or (row_sharded) the fetched rows under their
+    /// positions in the step's sorted unique ids (the gradient's rows are
+    /// those positions too).
+    pub fn view<'a>(&'a self, table: &'a EmbeddingTable, ids: &'a [u32]) -> (TableView<'a>, &'a [u32]) {
+        match self.mode {
+            DistributedMode::RowSharded => (TableView::F32(&self.gathered), &self.positions),
+            _ => (table.view(), ids),
+        }
+    }
+
+    /// Rows `wanted` (sorted, unique data ids) from their owners; every rank
+    /// must call it (with its own list, empty or not) to serve the others.
+    fn fetch_rows(&mut self, table: &EmbeddingTable, wanted: &[u32], count: bool) -> anyhow::Result<Vec<f32>> {
+        let comm = self.comm.clone().context("row lookups need a group")?;
+        let (rank, w, dim) = (comm.rank(), comm.size(), table.dim());
+        let mut requests: Vec<Vec<u32>> = vec![Vec::new(); w];
+        for &id in wanted {
+            requests[id as usize % w].push(id);
+        }
+        let sent = requests.iter().enumerate().filter(|(j, _)| *j != rank).map(|(_, r)| r.len() * 4).sum();
+        let asked = self.counted(count, sent, || comm.all_to_all_v_u32(&requests))?;
+        let mut replies: Vec<Vec<f32>> = Vec::with_capacity(w);
+        for (from, ids) in asked.iter().enumerate() {
+            let mut rows = Vec::with_capacity(ids.len() * dim);
+            for &id in ids {
+                let local = id as usize / w;
+                if id as usize % w != rank || local >= table.rows() {
+                    bail!("rank {from} asked rank {rank} for row {id}, which it does not hold ({} rows of {w} ranks)", table.rows());
+                }
+                rows.extend_from_slice(table.row(local));
+            }
+            replies.push(rows);
+        }
+        let sent = replies.iter().enumerate().filter(|(j, _)| *j != rank).map(|(_, r)| r.len() * 4).sum();
+        let answers = self.counted(count, sent, || comm.all_to_all_v_f32(&replies))?;
+        // Back into `wanted` order: each owner answered its requests in order.
+        let mut next = vec![0usize; w];
+        let mut out = Vec::with_capacity(wanted.len() * dim);
+        for &id in wanted {
+            let owner = id as usize % w;
+            let k = next[owner];
+            next[owner] += 1;
+            let row = answers[owner].get(k * dim..(k + 1) * dim).with_context(|| format!("rank {owner} sent fewer rows than rank {rank} asked for"))?;
+            out.extend_from_slice(row);
+        }
+        Ok(out)
+    }
+
+    fn counted<T>(&mut self, count: bool, bytes: usize, op: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        if count {
+            self.traffic.count(bytes, op)
+        } else {
+            op()
+        }
+    }
+
+    /// The batch's summed (scaled) mean loss and correct predictions over all
+    /// ranks; a cancellation on any rank travels with them to every rank.
+    pub fn reduce_loss(&mut self, loss: f32, correct: f32) -> anyhow::Result<(f32, f32)> {
+        let Some(comm) = self.comm.clone() else { return Ok((loss, correct)) };
+        let mut v = [loss, correct, if self.cancel.is_cancelled() { 1.0 } else { 0.0 }];
+        self.traffic.count(12 * (comm.size() - 1), || comm.all_reduce_sum_f32(&mut v))?;
+        if v[2] > 0.0 {
+            self.agreed.cancel();
+        }
+        Ok((v[0], v[1]))
+    }
+
+    /// The head's gradients summed over ranks, in rank order.
+    pub fn reduce_head<B: AutodiffBackend, M: Module<B>>(&mut self, module: &M, grads: GradientsParams) -> anyhow::Result<GradientsParams> {
+        let Some(comm) = self.comm.clone() else { return Ok(grads) };
+        let t = std::time::Instant::now();
+        let (grads, values) = super::head_grads::all_reduce(comm.as_ref(), module, grads)?;
+        self.traffic.seconds += t.elapsed().as_secs_f64();
+        self.traffic.bytes_sent += (values * 4 * (comm.size() - 1)) as u64;
+        self.traffic.calls += 1;
+        Ok(grads)
+    }
+
+    /// Turns this rank's table gradient (rows as [`Distributed::lookup`] named
+    /// them) into the gradient of the rows it holds, summed over ranks in rank
+    /// order. A replica materialises the rows only other ranks' shares read.
+    pub fn reduce_table_grad(&mut self, grad: &mut SparseGrad, table: &mut EmbeddingTable) -> anyhow::Result<()> {
+        let Some(comm) = self.comm.clone() else { return Ok(()) };
+        let (rank, w, dim) = (comm.rank(), comm.size(), grad.dim());
+        match self.mode {
+            DistributedMode::None => Ok(()),
+            DistributedMode::Replicated => {
+                let rows = self.traffic.count(grad.len() * 4 * (w - 1), || comm.all_gather_v_u32(grad.rows()))?;
+                let values = self.traffic.count(grad.values().len() * 4 * (w - 1), || comm.all_gather_v_f32(grad.values()))?;
+                *grad = SparseGrad::from_duplicates(dim, &rows.concat(), &values.concat());
+                table.materialize(grad.rows());
+                Ok(())
+            }
+            DistributedMode::RowSharded => {
+                let mut ids: Vec<Vec<u32>> = vec![Vec::new(); w];
+                let mut values: Vec<Vec<f32>> = vec![Vec::new(); w];
+                for (k, &position) in grad.rows().iter().enumerate() {
+                    let id = self.wanted[position as usize];
+                    ids[id as usize % w].push(id);
+                    values[id as usize % w].extend_from_slice(grad.row_values(k));
+                }
+                let sent: usize = (0..w).filter(|&j| j != rank).map(|j| ids[j].len() * 4 * (1 + dim)).sum();
+                let ids = self.traffic.count(sent / (1 + dim), || comm.all_to_all_v_u32(&ids))?;
+                let values = self.traffic.count(sent / (1 + dim) * dim, || comm.all_to_all_v_f32(&values))?;
+                let local: Vec<u32> = ids.concat().into_iter().map(|id| id / w as u32).collect();
+                *grad = SparseGrad::from_duplicates(dim, &local, &values.concat());
+                Ok(())
+            }
+        }
+    }
+
+    /// Evaluates the model on `test`: locally, or (row_sharded) on rank 0 with
+    /// the test rows gathered from their owners, the metrics sent to every rank.
+    pub fn evaluate(&mut self, table: &EmbeddingTable, head: &HeadWeights, pooling: Pooling, test: &Dataset, k: usize) -> anyhow::Result<EvalMetrics> {
+        if self.mode != DistributedMode::RowSharded {
+            return Ok(evaluate(table, head, pooling, test, k));
+        }
+        let comm = self.comm.clone().context("row_sharded needs a group")?;
+        let leader = comm.rank() == 0;
+        if leader && self.eval_set.is_none() {
+            let mut unique = test.ids.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            let mut local = test.clone();
+            local.ids.iter_mut().for_each(|id| *id = unique.binary_search(id).expect("a test id") as u32);
+            self.eval_set = Some((local, unique));
+        }
+        let wanted = self.eval_set.as_ref().map(|(_, u)| u.clone()).unwrap_or_default();
+        let rows = self.fetch_rows(table, &wanted, false)?;
+        let report = match &self.eval_set {
+            Some((local, unique)) if leader => serde_json::to_vec(&evaluate(&EmbeddingTable::from_vec(unique.len(), table.dim(), rows), head, pooling, local, k))?,
+            _ => Vec::new(),
+        };
+        let report = comm.broadcast_from_leader(&report)?;
+        serde_json::from_slice(&report).context("rank 0 sent unreadable evaluation metrics")
+    }
+
+    /// The checkpoint a resumed rank continues from: its latest, or, when a
+    /// rank died while the others checkpointed, the newest step every rank
+    /// has (the newer folders of ranks that got further are removed: no other
+    /// rank can continue from them).
+    pub fn open_checkpoint(&self, run_dir: &Path) -> anyhow::Result<Checkpoint> {
+        let latest = Checkpoint::open_latest(run_dir)?;
+        let Some(comm) = &self.comm else { return Ok(latest) };
+        let steps = comm.all_gather_counts(latest.state.step)?;
+        let common = *steps.iter().min().expect("a group has a rank");
+        if latest.state.step == common {
+            return Ok(latest);
+        }
+        let root = checkpoints_dir(run_dir);
+        let dir = root.join(format!("step-{common:08}"));
+        let ckpt =
+            Checkpoint::open(&dir).with_context(|| format!("rank {}: another rank's latest checkpoint is at step {common}, this one's at {}", comm.rank(), latest.state.step))?;
+        for entry in std::fs::read_dir(&root).with_context(|| format!("cannot list {}", root.display()))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix("step-").and_then(|n| n.parse::<u64>().ok()).is_some_and(|s| s > common) {
+                log::warn!("{}: removed: the other ranks stopped before step {common}'s successor, so the job continues from step {common}", entry.path().display());
+                crate::durable::remove_dir_all(&entry.path())?;
+            }
+        }
+        Ok(ckpt)
+    }
+
+    /// Per-step traffic of this rank over this session's `steps`.
+    pub fn stats(&self, steps: u64) -> Option<DistributedStats> {
+        let comm = self.comm.as_ref()?;
+        let n = steps.max(1) as f64;
+        Some(DistributedStats {
+            mode: self.mode,
+            rank: comm.rank(),
+            world_size: comm.size(),
+            bytes_sent_per_step: self.traffic.bytes_sent as f64 / n,
+            communication_ms_per_step: self.traffic.seconds * 1e3 / n,
+            collectives_per_step: self.traffic.calls as f64 / n,
+        })
+    }
+
+    /// Waits for every rank (the end of a run), so none finalises MPI while another still sends.
+    pub fn finish(&self) -> anyhow::Result<()> {
+        self.comm.as_ref().map_or(Ok(()), |c| c.barrier())
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_world(mode: DistributedMode) -> anyhow::Result<Arc<dyn Collective>> {
+    if !super::launched_by_mpi() {
+        bail!(
+            "distributed.mode = \"{}\" needs an MPI launch: `mpirun -np N sparseburn train CONFIG` (no MPI launcher found: OMPI_COMM_WORLD_SIZE, PMI_SIZE and PMIX_RANK are unset)",
+            mode.name()
+        );
+    }
+    Ok(Arc::new(super::MpiCollective::init()?))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_world(mode: DistributedMode) -> anyhow::Result<Arc<dyn Collective>> {
+    bail!(
+        "distributed.mode = \"{}\" needs MPI, and this sparseburn was built without it: install MPI and build with `cargo build --release --features mpi`, then launch with `mpirun -np N sparseburn train CONFIG` (README: Training on several machines)",
+        mode.name()
+    )
+}
