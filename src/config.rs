@@ -89,7 +89,15 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { dim: 64, pooling: Pooling::Mean, hidden: Vec::new(), init: TableInit::default(), table_storage: Default::default(), table_path: None, table_dtype: TableDtype::F32 }
+        ModelConfig {
+            dim: 64,
+            pooling: Pooling::Mean,
+            hidden: Vec::new(),
+            init: TableInit::default(),
+            table_storage: Default::default(),
+            table_path: None,
+            table_dtype: TableDtype::F32,
+        }
     }
 }
 

@@ -129,7 +129,7 @@ fn the_placement_log_and_memory_plan_show_the_device_table() {
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("embedding/table [205788, 64] (+ lazy_adam state): /device:CPU:0 (Burn device table on burn-cpu"), "{log}");
+    assert!(log.contains("embedding/table [205788, 64] f32, 256 B/row (+ lazy_adam state): /device:CPU:0 (Burn device table on burn-cpu"), "{log}");
     assert!(log.contains("host copy of the table") && log.contains("host copy of the optimizer state"), "{log}");
 
     // The plan counts the table and its state on the table's device and, for

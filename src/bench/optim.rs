@@ -434,12 +434,16 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
         let recipe = TableRecipe { rows, dim, init: TableInit::default(), seed: args.seed, dtype: args.table_dtype };
         let table = match &mut files {
             // Lazily initialised, as training does: start-up writes nothing to disk.
-            Some(f) => {
-                f.place(&format!("{rows}.table"), (rows * dim * args.table_dtype.size()) as u64, || EmbeddingTable::lazy(recipe))?
-            }
+            Some(f) => f.place(&format!("{rows}.table"), (rows * dim * args.table_dtype.size()) as u64, || EmbeddingTable::lazy(recipe))?,
             None => EmbeddingTable::eager(recipe),
         };
-        log::info!("{rows} rows × {dim} {}: table {:.2} GB {} in {:.2} s", args.table_dtype.name(), table.bytes() as f64 / 1e9, if mapped { "mapped" } else { "initialised" }, t.elapsed().as_secs_f64());
+        log::info!(
+            "{rows} rows × {dim} {}: table {:.2} GB {} in {:.2} s",
+            args.table_dtype.name(),
+            table.bytes() as f64 / 1e9,
+            if mapped { "mapped" } else { "initialised" },
+            t.elapsed().as_secs_f64()
+        );
         // Distinct batches, cycled: more than the caches could learn.
         let batches = zipf_batches(args, rows, DISTINCT_BATCHES)?;
         let unique = batches

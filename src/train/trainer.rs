@@ -544,7 +544,14 @@ impl<B: AutodiffBackend> Run<B> {
         if self.config.logging.log_device_placement {
             let mut text = String::from("device placement:");
             let (dtype, row_bytes) = (self.table.dtype().name(), self.table.row_bytes());
-            text += &format!("\n  embedding/table [{}, {}] {dtype}, {row_bytes} B/row (+ {} state): {} ({})", spec.table_rows, spec.dim, spec.table_optimizer, spec.table_device, self.home.describe());
+            text += &format!(
+                "\n  embedding/table [{}, {}] {dtype}, {row_bytes} B/row (+ {} state): {} ({})",
+                spec.table_rows,
+                spec.dim,
+                spec.table_optimizer,
+                spec.table_device,
+                self.home.describe()
+            );
             if let (crate::memory::TableStorage::Mmap, Some(path)) = (self.config.model.table_storage, &self.config.model.table_path) {
                 text += &format!(" (rows and state on disk: {}, mmap)", path.display());
             }
