@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 use sparseburn::compare;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sparseburn");
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{read_json, sparseburn, text, BIN};
 
 /// Two-sided 95% Student-t critical value for 1 degree of freedom (two seeds), from tables.
 const T_975_DF1: f64 = 12.706205;
@@ -44,19 +45,6 @@ projector_words = 0
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn sparseburn(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run sparseburn")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn read_json(path: &Path) -> Value {
-    let t = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&t).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn read_jsonl(path: &Path) -> Vec<Value> {

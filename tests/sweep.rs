@@ -4,13 +4,15 @@
 //! files, read back here with other readers.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sparseburn::sweep::{self, Parallel};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sparseburn");
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{read_json, sparseburn, text, BIN};
 
 /// A sweep file in `dir` on the quickstart sample: `sweep` is the body of the
 /// `[sweep]` table, `params` of `[sweep.params]`; quiet, `epochs` epochs.
@@ -41,19 +43,6 @@ projector_words = 0
 
 fn plan(path: &Path) -> anyhow::Result<sweep::Plan> {
     sweep::plan(path, &[], &[], Some(Parallel::Jobs(1)))
-}
-
-fn sparseburn(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run sparseburn")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn read_json(path: &Path) -> Value {
-    let t = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&t).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// A key of a run's saved config.toml, parsed here as plain TOML.
