@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Debian sections, one epoch, on 1, 2 and 4 MPI ranks in both [distributed] modes:
 # bytes sent per step, step time split into compute and communication, per-rank
-# table + state and peak RSS (BENCHMARKS.md, "Training across processes").
+# table + state and peak RSS (BENCHMARKS.md, "Training across processes"); then
+# row_sharded with the whole 2M-row table held (memory.table_rows = "all"),
+# the shape of a table that outgrows one machine, for per-rank memory.
 #   cargo build --release --features mpi && benches/distributed.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +17,16 @@ for mode in replicated row_sharded; do
         mpirun -np "$n" --oversubscribe "$BIN" train configs/debian_sections.toml --run-dir "$out/$mode-$n" "${sets[@]}" --set "distributed.mode=$mode" >/dev/null
     done
 done
+"$BIN" train configs/debian_sections.toml --run-dir "$out/none_all-1" "${sets[@]}" --set memory.table_rows=all >/dev/null
+for n in 2 4; do
+    mpirun -np "$n" --oversubscribe "$BIN" train configs/debian_sections.toml --run-dir "$out/row_sharded_all-$n" "${sets[@]}" --set distributed.mode=row_sharded --set memory.table_rows=all >/dev/null
+done
 python3 - "$out" <<'PY'
 import json, os, sys
 out = sys.argv[1]
 print("| run | rank | bytes sent/step | step ms | comm ms/step | compute ms/step | table+state MB | peak RSS MB | accuracy |")
 print("|---|---|---|---|---|---|---|---|---|")
-for name in ["none-1"] + [f"{m}-{n}" for m in ("replicated", "row_sharded") for n in (1, 2, 4)]:
+for name in ["none-1"] + [f"{m}-{n}" for m in ("replicated", "row_sharded") for n in (1, 2, 4)] + ["none_all-1", "row_sharded_all-2", "row_sharded_all-4"]:
     base = os.path.join(out, name)
     n = int(name.rsplit("-", 1)[1])
     for r in range(n):

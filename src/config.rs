@@ -205,7 +205,8 @@ pub struct CheckpointConfig {
     /// many times the base's bytes (restoring reads at most about 1 + this × the base).
     pub compact_ratio: f64,
     /// Write checkpoints on a background thread from a copy of their rows, so
-    /// training continues meanwhile (the final one is always waited for).
+    /// training continues meanwhile (the final one is written from the rows
+    /// themselves and waited for).
     pub background: bool,
 }
 

@@ -86,18 +86,46 @@ pub fn write_safetensors_to(w: &mut impl Write, tensors: &[TensorOut<'_>], metad
     }
     let mut offset = 0;
     for t in tensors {
-        let info = safetensors::tensor::TensorInfo { dtype: t.dtype, shape: t.shape.clone(), data_offsets: (offset, offset + t.bytes.len()) };
-        offset += t.bytes.len();
+        let info = safetensors::tensor::TensorInfo { dtype: t.dtype, shape: t.shape.clone(), data_offsets: (offset, offset + t.len()) };
+        offset += t.len();
         header.insert(t.name.clone(), serde_json::to_value(info)?);
     }
     let mut header = serde_json::to_vec(&header)?;
     header.resize(header.len().next_multiple_of(8), b' ');
     w.write_all(&(header.len() as u64).to_le_bytes())?;
     w.write_all(&header)?;
+    let mut buffer = Vec::new();
     for t in tensors {
-        w.write_all(t.bytes)?;
+        match t.rows {
+            None => w.write_all(t.bytes)?,
+            Some(RowPick { ids, row_bytes }) => {
+                // Gathered a chunk at a time: large writes keep the hash on its fast path.
+                for chunk in ids.chunks((PICK_CHUNK_BYTES / row_bytes.max(1)).max(1)) {
+                    buffer.clear();
+                    for &r in chunk {
+                        let at = r as usize * row_bytes;
+                        let row =
+                            t.bytes.get(at..at + row_bytes).ok_or_else(|| std::io::Error::other(format!("tensor {}: row {r} is past its {} bytes", t.name, t.bytes.len())))?;
+                        buffer.extend_from_slice(row);
+                    }
+                    w.write_all(&buffer)?;
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Bytes of picked rows gathered per write (see [`RowPick`]).
+const PICK_CHUNK_BYTES: usize = 1 << 20;
+
+/// Some whole rows of a row-major tensor, gathered while writing: a
+/// checkpoint of a live table stores its touched rows without first copying
+/// them into a buffer as large as the rows.
+#[derive(Clone, Copy, Debug)]
+pub struct RowPick<'a> {
+    pub ids: &'a [u32],
+    pub row_bytes: usize,
 }
 
 /// One tensor to write: little-endian bytes with dtype and shape.
@@ -106,20 +134,31 @@ pub struct TensorOut<'a> {
     pub dtype: Dtype,
     pub shape: Vec<usize>,
     pub bytes: &'a [u8],
+    /// Only these rows of `bytes`, in this order (None: all of `bytes`).
+    pub rows: Option<RowPick<'a>>,
 }
 
 impl<'a> TensorOut<'a> {
+    /// Bytes the tensor takes in the file.
+    pub fn len(&self) -> usize {
+        self.rows.map_or(self.bytes.len(), |p| p.ids.len() * p.row_bytes)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn u32(name: impl Into<String>, shape: Vec<usize>, values: &'a [u32]) -> Self {
-        TensorOut { name: name.into(), dtype: Dtype::U32, shape, bytes: bytemuck::cast_slice(values) }
+        TensorOut { name: name.into(), dtype: Dtype::U32, shape, bytes: bytemuck::cast_slice(values), rows: None }
     }
 
     pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &'a [f32]) -> Self {
-        TensorOut { name: name.into(), dtype: Dtype::F32, shape, bytes: bytemuck::cast_slice(values) }
+        TensorOut { name: name.into(), dtype: Dtype::F32, shape, bytes: bytemuck::cast_slice(values), rows: None }
     }
 
     /// The table's rows `[rows, dim]` in their dtype (F32, BF16 or F16).
     pub fn table(name: impl Into<String>, shape: Vec<usize>, rows: crate::model::TableView<'a>) -> Self {
-        TensorOut { name: name.into(), dtype: table_tensor_dtype(rows.dtype()), shape, bytes: rows.as_bytes() }
+        TensorOut { name: name.into(), dtype: table_tensor_dtype(rows.dtype()), shape, bytes: rows.as_bytes(), rows: None }
     }
 
     /// A 1-D tensor from optimizer state.
@@ -130,7 +169,7 @@ impl<'a> TensorOut<'a> {
             StateData::F64(x) => (Dtype::F64, bytemuck::cast_slice(x)),
             StateData::U64(x) => (Dtype::U64, bytemuck::cast_slice(x)),
         };
-        TensorOut { name: name.into(), dtype, shape: vec![data.len()], bytes }
+        TensorOut { name: name.into(), dtype, shape: vec![data.len()], bytes, rows: None }
     }
 }
 

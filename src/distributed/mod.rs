@@ -1,18 +1,26 @@
 //! Training across processes and machines: `[distributed] mode`.
 //!
-//! * **replicated** (data parallel): rank `r` of `W` trains its contiguous
-//!   share of each global batch (same batches, same order as one process),
-//!   with the loss scaled by `n_r / n` so the ranks' gradients add up to the
-//!   one-process mean-loss gradient. The table gradient is exchanged as
-//!   (unique row ids, rows) with an all-gather-v and merged in rank order
-//!   (duplicates summed); the head's gradients are summed in rank order. Every
-//!   rank applies the same update, so replicas stay bit-identical.
+//! Both modes train the same global batches as one process, and end with
+//! the same weights bit for bit: no value is ever a sum over ranks.
+//!
+//! * Forward: rank `r` of `W` pools its contiguous share of each global batch
+//!   and the pooled bags are all-gathered (a few KB), so every rank runs the
+//!   replicated head on the whole batch, as one process does: same loss, same
+//!   head gradients (no all-reduce), same gradient of the pooled bags.
+//! * Backward: the gradient of row `id` is summed over the whole batch's
+//!   occurrences of it, in example order, by one rank, `id % W` (every rank
+//!   holds the global batch's ids): one process's sum, bit for bit, with the
+//!   work split `W` ways.
+//! * **replicated** (data parallel): every rank holds the whole table; the
+//!   row gradients are exchanged as (unique row ids, rows) with an
+//!   all-gather-v (each row sent by its one rank), and every rank applies the
+//!   same update, so replicas stay bit-identical.
 //! * **row_sharded** (TorchRec's row-wise sharding): rank `r` holds the rows
 //!   `id % W == r` (local index `id / W`) and their optimizer state. Each step
-//!   a rank sends its share's unique row ids to their owners (all-to-all-v),
-//!   pools from the rows they send back, and returns the rows' gradients to
-//!   the owners, which merge them in rank order and step their shard with the
-//!   ordinary table optimizer. The head is replicated as above.
+//!   a rank sends its share's unique row ids to their owners (all-to-all-v)
+//!   and pools from the rows they send back; an owner computes its rows'
+//!   gradients itself (as above), so no gradient travels, and steps its shard
+//!   with the ordinary table optimizer.
 //!
 //! Files: rank 0 owns the run directory (config, metrics, TensorBoard,
 //! summary, its checkpoints) and writes `distributed.json` (mode and `W`);
@@ -27,7 +35,6 @@
 //! ([`ThreadCollective`], given through [`crate::train::TrainOptions`]).
 
 mod collective;
-mod head_grads;
 mod model;
 #[cfg(feature = "mpi")]
 mod mpi;
@@ -36,7 +43,6 @@ mod session;
 mod threads;
 
 pub use collective::{Collective, Traffic, PEER_TIMEOUT};
-pub use head_grads::all_reduce as all_reduce_head_grads;
 pub use model::model_of_run;
 #[cfg(feature = "mpi")]
 pub use mpi::MpiCollective;

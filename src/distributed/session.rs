@@ -8,9 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use burn::module::Module;
-use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use super::collective::{Collective, Traffic};
@@ -29,7 +26,7 @@ pub struct DistributedStats {
     pub mode: DistributedMode,
     pub rank: usize,
     pub world_size: usize,
-    /// Bytes this rank sent to other ranks per training step (ids, rows, gradients, head gradients, loss).
+    /// Bytes this rank sent to other ranks per training step (row ids, rows, pooled bags, row gradients).
     pub bytes_sent_per_step: f64,
     /// Milliseconds per step spent in collectives (waiting for the slowest rank included).
     pub communication_ms_per_step: f64,
@@ -166,12 +163,6 @@ impl Distributed {
         })
     }
 
-    /// The factor for this rank's mean loss over `local` of `global` examples,
-    /// so the ranks' gradients sum to the mean-loss gradient of the whole batch.
-    pub fn loss_scale(&self, local: usize, global: usize) -> Option<f32> {
-        self.comm.as_ref().map(|_| local as f32 / global as f32)
-    }
-
     /// Makes the rows `ids` read available to [`Distributed::view`]: materialises
     /// them in the table, or (row_sharded) fetches them from their owners.
     pub fn lookup(&mut self, table: &mut EmbeddingTable, ids: &[u32]) -> anyhow::Result<()> {
@@ -249,35 +240,47 @@ impl Distributed {
         }
     }
 
-    /// The batch's summed (scaled) mean loss and correct predictions over all
-    /// ranks; a cancellation on any rank travels with them to every rank.
-    pub fn reduce_loss(&mut self, loss: f32, correct: f32) -> anyhow::Result<(f32, f32)> {
-        let Some(comm) = self.comm.clone() else { return Ok((loss, correct)) };
-        let mut v = [loss, correct, if self.cancel.is_cancelled() { 1.0 } else { 0.0 }];
-        self.traffic.count(12 * (comm.size() - 1), || comm.all_reduce_sum_f32(&mut v))?;
-        if v[2] > 0.0 {
-            self.agreed.cancel();
+    /// The whole batch's pooled bags from every rank's share (`local`: its
+    /// examples × dim), in rank order, which is example order. Every rank
+    /// then runs the head on the global batch exactly as one process does:
+    /// the same loss, head gradients and `d_pooled`, with no sum over ranks
+    /// whose order could differ from one process's. A cancellation on any
+    /// rank travels with it (one flag per rank), so every rank stops at the
+    /// same step.
+    pub fn gather_pooled(&mut self, mut local: Vec<f32>) -> anyhow::Result<Vec<f32>> {
+        let Some(comm) = self.comm.clone() else { return Ok(local) };
+        local.push(if self.cancel.is_cancelled() { 1.0 } else { 0.0 });
+        let parts = self.traffic.count(local.len() * 4 * (comm.size() - 1), || comm.all_gather_v_f32(&local))?;
+        let mut pooled = Vec::with_capacity(parts.iter().map(|p| p.len() - 1).sum());
+        for (rank, part) in parts.iter().enumerate() {
+            let (rows, flag) = part.split_last().map(|(f, r)| (r, *f)).with_context(|| format!("rank {rank} sent no pooled bags"))?;
+            if flag > 0.0 {
+                self.agreed.cancel();
+            }
+            pooled.extend_from_slice(rows);
         }
-        Ok((v[0], v[1]))
+        Ok(pooled)
     }
 
-    /// The head's gradients summed over ranks, in rank order.
-    pub fn reduce_head<B: AutodiffBackend, M: Module<B>>(&mut self, module: &M, grads: GradientsParams) -> anyhow::Result<GradientsParams> {
-        let Some(comm) = self.comm.clone() else { return Ok(grads) };
-        let t = std::time::Instant::now();
-        let (grads, values) = super::head_grads::all_reduce(comm.as_ref(), module, grads)?;
-        self.traffic.seconds += t.elapsed().as_secs_f64();
-        self.traffic.bytes_sent += (values * 4 * (comm.size() - 1)) as u64;
-        self.traffic.calls += 1;
-        Ok(grads)
+    /// The rows whose gradient this rank computes from the whole batch, as
+    /// `(rank, W)` for rows `id % W == rank` (None: one process, every row).
+    /// row_sharded: the rows it owns. replicated: its part of the exchange in
+    /// [`Distributed::share_table_grad`]. Each row's gradient is thus summed
+    /// over the batch's examples by one rank, in example order: the sum one
+    /// process computes, bit for bit.
+    pub fn grad_rows(&self) -> Option<(usize, usize)> {
+        self.comm.as_ref().map(|c| (c.rank(), c.size()))
     }
 
-    /// Turns this rank's table gradient (rows as [`Distributed::lookup`] named
-    /// them) into the gradient of the rows it holds, summed over ranks in rank
-    /// order. A replica materialises the rows only other ranks' shares read.
-    pub fn reduce_table_grad(&mut self, grad: &mut SparseGrad, table: &mut EmbeddingTable) -> anyhow::Result<()> {
+    /// Turns the gradient of the rows this rank computed (see
+    /// [`Distributed::grad_rows`]; rows are data ids) into the gradient of the
+    /// rows it holds: replicated, every rank's rows (all-gather-v; each row
+    /// comes from exactly one rank, so nothing is summed), the rows other
+    /// ranks' shares read materialised; row_sharded, its own rows renumbered
+    /// as local ids `id / W`.
+    pub fn share_table_grad(&mut self, grad: &mut SparseGrad, table: &mut EmbeddingTable) -> anyhow::Result<()> {
         let Some(comm) = self.comm.clone() else { return Ok(()) };
-        let (rank, w, dim) = (comm.rank(), comm.size(), grad.dim());
+        let (w, dim) = (comm.size(), grad.dim());
         match self.mode {
             DistributedMode::None => Ok(()),
             DistributedMode::Replicated => {
@@ -288,18 +291,7 @@ impl Distributed {
                 Ok(())
             }
             DistributedMode::RowSharded => {
-                let mut ids: Vec<Vec<u32>> = vec![Vec::new(); w];
-                let mut values: Vec<Vec<f32>> = vec![Vec::new(); w];
-                for (k, &position) in grad.rows().iter().enumerate() {
-                    let id = self.wanted[position as usize];
-                    ids[id as usize % w].push(id);
-                    values[id as usize % w].extend_from_slice(grad.row_values(k));
-                }
-                let sent: usize = (0..w).filter(|&j| j != rank).map(|j| ids[j].len() * 4 * (1 + dim)).sum();
-                let ids = self.traffic.count(sent / (1 + dim), || comm.all_to_all_v_u32(&ids))?;
-                let values = self.traffic.count(sent / (1 + dim) * dim, || comm.all_to_all_v_f32(&values))?;
-                let local: Vec<u32> = ids.concat().into_iter().map(|id| id / w as u32).collect();
-                *grad = SparseGrad::from_duplicates(dim, &local, &values.concat());
+                grad.renumber_rows(|id| id / w as u32);
                 Ok(())
             }
         }

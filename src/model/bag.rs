@@ -165,6 +165,13 @@ fn pool_rows<H: RowValue>(table: &[H], dim: usize, ids: &[u32], pooling: Pooling
 /// Each occurrence of a row in bag `b` contributes `scale(b) · d_pooled[b]`;
 /// a row's contributions are summed in increasing bag order.
 pub fn bag_backward(bags: Bags<'_>, pooling: Pooling, d_pooled: &[f32], grad: &mut SparseGrad) {
+    bag_backward_rows(bags, pooling, d_pooled, grad, |_| true);
+}
+
+/// [`bag_backward`] for the rows `keep` accepts only (a distributed rank's
+/// share of the rows): each kept row's gradient is summed over the same
+/// occurrences in the same order, so it equals the unfiltered one bit for bit.
+pub fn bag_backward_rows(bags: Bags<'_>, pooling: Pooling, d_pooled: &[f32], grad: &mut SparseGrad, keep: impl Fn(u32) -> bool) {
     let dim = grad.dim();
     assert_eq!(d_pooled.len(), bags.len() * dim, "d_pooled must be batch * dim");
     grad.coalesce(
@@ -172,9 +179,10 @@ pub fn bag_backward(bags: Bags<'_>, pooling: Pooling, d_pooled: &[f32], grad: &m
         // and CSR order already lists them by increasing bag.
         |pairs| {
             for b in 0..bags.len() {
-                pairs.extend(bags.bag(b).iter().map(|&id| (id, b as u32)));
+                pairs.extend(bags.bag(b).iter().filter(|&&id| keep(id)).map(|&id| (id, b as u32)));
             }
         },
+        // The pooling scale uses the whole bag's length, kept rows or not.
         |b| (pooling.scale(bags.bag(b).len()), &d_pooled[b * dim..(b + 1) * dim]),
     );
 }

@@ -7,7 +7,7 @@ pub mod loss;
 pub mod sparse_grad;
 pub mod table;
 
-pub use bag::{bag_backward, bag_forward, pool_one, Bags, Pooling};
+pub use bag::{bag_backward, bag_backward_rows, bag_forward, pool_one, Bags, Pooling};
 pub use half_rows::{RoundingKey, RowValue, TableDtype, TableView};
 pub use head::{DenseLayer, Head, HeadConfig, HeadWeights};
 pub use sparse_grad::SparseGrad;

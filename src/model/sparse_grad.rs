@@ -49,6 +49,13 @@ impl SparseGrad {
         self.rows.is_empty()
     }
 
+    /// Renames every row `r` as `rename(r)`, which must keep rows sorted and
+    /// unique (e.g. a rank's own rows `id % W == rank` as local ids `id / W`).
+    pub fn renumber_rows(&mut self, rename: impl Fn(u32) -> u32) {
+        self.rows.iter_mut().for_each(|r| *r = rename(*r));
+        debug_assert!(self.rows.windows(2).all(|p| p[0] < p[1]), "renumbered rows must stay sorted and unique");
+    }
+
     /// Builds the gradient from possibly-duplicated `(row, value)` pairs
     /// (`values` is `rows.len() × dim`), summing duplicates like TF's
     /// `_deduplicate_indexed_slices` and torch's `coalesce`.

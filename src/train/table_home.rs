@@ -21,7 +21,7 @@ use burn::tensor::{Tensor, TensorData};
 use crate::config::Config;
 use crate::device::TablePlacement;
 use crate::distributed::Distributed;
-use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad};
+use crate::model::{bag_backward, bag_backward_rows, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad};
 use crate::optim::device_table::{DeviceBatch, DeviceTable, SegmentReduce, StateArrays};
 use crate::optim::{TableOptimizer, TableOptimizerConfig};
 
@@ -98,8 +98,10 @@ impl<B: Backend> TableHome<B> {
     }
 
     /// The pooled bags as the head's input (tracked for its gradient).
-    /// A distributed run (host tables only) reads rows through `dist`: its
-    /// own, or in row-sharded mode rows fetched from their owners.
+    /// A distributed run (host tables only) pools its share of the batch
+    /// (`bags`) from rows read through `dist` (its own, or in row-sharded mode
+    /// rows fetched from their owners) and returns the whole batch's pooled
+    /// bags, gathered from every rank.
     pub(crate) fn pool<AB: AutodiffBackend<InnerBackend = B>>(
         &mut self,
         table: &mut EmbeddingTable,
@@ -115,7 +117,9 @@ impl<B: Backend> TableHome<B> {
                 dist.lookup(table, bags.ids)?;
                 let (rows, ids) = dist.view(table, bags.ids);
                 bag_forward(rows, dim, Bags::new(ids, bags.offsets), pooling, &mut h.pooled);
-                Tensor::from_data(TensorData::new(h.pooled.clone(), [n, dim]), device).require_grad()
+                let pooled = dist.gather_pooled(h.pooled.clone())?;
+                let examples = pooled.len() / dim.max(1);
+                Tensor::from_data(TensorData::new(pooled, [examples, dim]), device).require_grad()
             }
             TableHome::Device(d) => {
                 let batch = d.table.prepare(bags, pooling);
@@ -135,14 +139,18 @@ impl<B: Backend> TableHome<B> {
         Ok(())
     }
 
-    /// The table's sparse gradient: duplicates of a row summed.
-    /// A distributed run's gradient is then summed over ranks (see [`Distributed::reduce_table_grad`]).
+    /// The table's sparse gradient over the whole batch (`bags`, data ids):
+    /// duplicates of a row summed. A distributed rank computes the rows
+    /// [`Distributed::grad_rows`] gives it, then shares them
+    /// ([`Distributed::share_table_grad`]).
     pub(crate) fn backward(&mut self, table: &mut EmbeddingTable, dist: &mut Distributed, bags: Bags<'_>, pooling: Pooling) -> anyhow::Result<()> {
         match self {
             TableHome::Host(h) => {
-                let (_, ids) = dist.view(table, bags.ids);
-                bag_backward(Bags::new(ids, bags.offsets), pooling, &h.d_pooled, &mut h.grad);
-                dist.reduce_table_grad(&mut h.grad, table)?;
+                match dist.grad_rows() {
+                    None => bag_backward(bags, pooling, &h.d_pooled, &mut h.grad),
+                    Some((rank, w)) => bag_backward_rows(bags, pooling, &h.d_pooled, &mut h.grad, |id| id as usize % w == rank),
+                }
+                dist.share_table_grad(&mut h.grad, table)?;
             }
             TableHome::Device(d) => {
                 let (batch, d_pooled) = (d.batch.as_ref().expect("pool before backward"), d.d_pooled.take().expect("receive_grad before backward"));

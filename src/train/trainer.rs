@@ -676,12 +676,10 @@ impl<B: AutodiffBackend> Run<B> {
 
     /// One optimisation step; returns the batch's mean loss and accuracy.
     fn step(&mut self, batch: &Batch, loss_fn: &burn::nn::loss::CrossEntropyLoss<B>, lr: f64) -> anyhow::Result<(f32, f32)> {
-        // A distributed run's rank trains its share of the batch.
-        let global_n = batch.len();
-        let local = self.dist.local_batch(batch);
-        let batch: &Batch = &local;
+        // A distributed rank pools its share of the batch; the head then runs
+        // on the whole batch's pooled bags on every rank (see `Distributed::gather_pooled`).
         let n = batch.len();
-        let bags = Bags::new(&batch.ids, &batch.offsets);
+        let share = self.dist.local_batch(batch);
         let pooling = self.config.model.pooling;
         let mut clock = Instant::now();
         let mut lap = |slot: &mut f64| {
@@ -689,7 +687,7 @@ impl<B: AutodiffBackend> Run<B> {
             clock = Instant::now();
         };
 
-        let x = self.home.pool::<B>(&mut self.table, &mut self.dist, bags, pooling, &self.device)?;
+        let x = self.home.pool::<B>(&mut self.table, &mut self.dist, Bags::new(&share.ids, &share.offsets), pooling, &self.device)?;
         lap(&mut self.timings.bag_forward_ms);
 
         let logits = self.head.forward(x.clone());
@@ -698,10 +696,6 @@ impl<B: AutodiffBackend> Run<B> {
         // Correct predictions are counted on the dense device and come back with the loss.
         let correct = logits.clone().argmax(1).squeeze_dim::<1>(1).equal(targets.clone()).int().sum().float();
         let loss = loss_fn.forward(logits, targets);
-        let loss = match self.dist.loss_scale(n, global_n) {
-            Some(share) => loss.mul_scalar(share),
-            None => loss,
-        };
         let loss_and_correct = Tensor::cat(vec![loss.clone().detach(), correct], 0);
         lap(&mut self.timings.head_forward_ms);
 
@@ -710,7 +704,7 @@ impl<B: AutodiffBackend> Run<B> {
         let mut grads = loss.backward();
         let d_pooled = x.grad_remove(&mut grads).context("no gradient reached the pooled input")?;
         let read = loss_and_correct.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let (loss_value, correct) = self.dist.reduce_loss(read[0], read[1])?;
+        let (loss_value, correct) = (read[0], read[1]);
         if !loss_value.is_finite() {
             // A checkpoint still being written becomes the last good one first.
             let _ = self.checkpointer.wait();
@@ -721,10 +715,10 @@ impl<B: AutodiffBackend> Run<B> {
             bail!("loss became {loss_value} at step {} (epoch {}); stopping: {last_good}", self.state.step + 1, self.state.epoch + 1);
         }
         self.home.receive_grad(d_pooled)?;
-        let head_grads = self.dist.reduce_head(&self.head, GradientsParams::from_grads(grads, &self.head))?;
+        let head_grads = GradientsParams::from_grads(grads, &self.head);
         lap(&mut self.timings.head_backward_ms);
 
-        self.home.backward(&mut self.table, &mut self.dist, bags, pooling)?;
+        self.home.backward(&mut self.table, &mut self.dist, Bags::new(&batch.ids, &batch.offsets), pooling)?;
         lap(&mut self.timings.bag_backward_ms);
 
         let table_lr = (self.config.optimizer.table.lr() * lr) as f32;
@@ -741,7 +735,7 @@ impl<B: AutodiffBackend> Run<B> {
         let head = std::mem::replace(&mut self.head, Head::from_weights(&HeadWeights { layers: Vec::new() }, &self.device));
         self.head = self.head_optimizer.step(self.config.optimizer.head.lr * lr, head, head_grads);
         lap(&mut self.timings.head_optimizer_ms);
-        Ok((loss_value, correct / global_n as f32))
+        Ok((loss_value, correct / n as f32))
     }
 
     fn log_step(&mut self, batch: &Batch, loss: f32, accuracy: f32, lr: f64, total_steps: u64) -> anyhow::Result<()> {
@@ -813,8 +807,8 @@ impl<B: AutodiffBackend> Run<B> {
         Ok(m)
     }
 
-    /// Saves a checkpoint on a background thread (with `checkpoint.background`);
-    /// the final one is waited for in [`Run::finish`].
+    /// Saves a checkpoint: on a background thread with `checkpoint.background`,
+    /// except the final one (see [`Checkpointer::save`]).
     fn checkpoint(&mut self, final_save: bool) -> anyhow::Result<PathBuf> {
         let record = recorder().record(self.head_optimizer.to_record(), ()).context("serialising the head optimizer")?;
         self.home.sync(&mut self.table, self.table_optimizer.as_mut())?;
@@ -823,9 +817,9 @@ impl<B: AutodiffBackend> Run<B> {
     }
 
     fn finish(&mut self, interrupted: bool) -> anyhow::Result<RunOutcome> {
-        // The final checkpoint is written and fsynced on its thread while the
-        // final evaluation and the projector run; it is durable before the
-        // summary reports the run finished.
+        // The final checkpoint is written straight from the live rows (no copy,
+        // so a run's peak memory is its training memory) and is durable
+        // before the summary reports the run finished.
         let ckpt = self.checkpoint(true)?;
         // The checkpoint keeps lazy weight decay's state (resume stays exact);
         // evaluation and the projector see the weights a dense optimizer would

@@ -1,6 +1,7 @@
 //! Writing checkpoints: which rows to store (base or delta), a snapshot of
 //! them, and the durable write on a background thread.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use super::manifest::{LinkKind, Manifest, CHECKPOINT_FORMAT_VERSION, HEAD_FILE, 
 use super::{checkpoints_dir, folder_name, TrainerState};
 use crate::config::CheckpointConfig;
 use crate::durable;
-use crate::io::{table_tensor_dtype, write_safetensors_to, HashingWriter, TensorOut};
+use crate::io::{table_tensor_dtype, write_safetensors_to, HashingWriter, RowPick, TensorOut};
 use crate::model::{EmbeddingTable, HeadWeights, TableRecipe};
 use crate::optim::TableOptimizer;
 use crate::train::resident::ResidentRows;
@@ -150,10 +151,11 @@ impl Checkpointer {
 
     /// Saves a checkpoint of the state at `state.step`, unless one of that
     /// step is already complete (a checkpoint is never rewritten). With
-    /// `background`, the rows are copied and written on a thread while
-    /// training continues (the final one too: wait for it with
-    /// [`Checkpointer::finish`]); otherwise the call returns once the
-    /// checkpoint is durable.
+    /// `background` (and not `final_save`), the rows are copied and written on
+    /// a thread while training continues (wait for it with
+    /// [`Checkpointer::finish`]); otherwise the rows are written straight
+    /// from `table` and `optimizer`, and the call returns once the checkpoint
+    /// is durable.
     pub fn save(
         &mut self,
         state: &TrainerState,
@@ -167,11 +169,17 @@ impl Checkpointer {
         // At most one in flight: a previous write must finish (and its error surfaces) first.
         self.wait()?;
         if self.last_step != Some(state.step) {
-            let snapshot = self.snapshot(state, table, head, optimizer, head_record)?;
+            // Training goes on during a background write, so it needs its own
+            // copy of the rows; a final or foreground write reads them from
+            // the live table and state (a base of every row would otherwise
+            // double the run's peak memory at its end).
+            let copy = self.background && !final_save;
+            let snapshot = self.snapshot(state, table, head, optimizer, head_record, copy)?;
             self.dirty.clear();
             self.last_step = Some(state.step);
             let (root, keep) = (self.root.clone(), self.keep);
-            if self.background {
+            if copy {
+                let snapshot = snapshot.into_owned();
                 let handle = std::thread::Builder::new().name("checkpoint".into()).spawn(move || snapshot.write(&root, keep)).context("starting the checkpoint thread")?;
                 self.in_flight = Some(handle);
             } else {
@@ -222,7 +230,17 @@ impl Checkpointer {
 
     /// Copies what the next checkpoint stores: a delta of the dirty rows while
     /// the chain is short and its deltas lighter than its base, else a new base.
-    fn snapshot(&mut self, state: &TrainerState, table: &EmbeddingTable, head: &HeadWeights, optimizer: &dyn TableOptimizer, head_record: Vec<u8>) -> anyhow::Result<Snapshot> {
+    /// With `copy`, the rows are gathered into the snapshot; without, it
+    /// borrows the table's and state's arrays and picks the rows as it writes.
+    fn snapshot<'a>(
+        &mut self,
+        state: &TrainerState,
+        table: &'a EmbeddingTable,
+        head: &HeadWeights,
+        optimizer: &'a dyn TableOptimizer,
+        head_record: Vec<u8>,
+        copy: bool,
+    ) -> anyhow::Result<Snapshot<'a>> {
         // Rows the trainer holds (all of the table's, or its resident rows).
         let rows = table.rows();
         let dim = table.dim();
@@ -255,32 +273,33 @@ impl Checkpointer {
                 Some(r) => r.globalize(ids),
                 None => ids.clone(),
             };
-            tensors.push(OwnedTensor { name: "ids".into(), dtype: Dtype::U32, shape: vec![ids.len()], bytes: bytemuck::cast_slice(&global).to_vec() });
+            tensors.push(StoredTensor::owned("ids", Dtype::U32, vec![ids.len()], bytemuck::cast_slice(&global).to_vec()));
         }
+        // The stored rows of a per-row array: gathered now, or picked while writing.
+        let rows_of = |name: String, dtype: Dtype, width: usize, bytes: &'a [u8], row_size: usize| StoredTensor {
+            name,
+            dtype,
+            shape: vec![stored, width],
+            bytes: if copy { Cow::Owned(gather(bytes, row_size, ids.as_deref())) } else { Cow::Borrowed(bytes) },
+            picked_row_bytes: (!copy && ids.is_some()).then_some(row_size),
+        };
         // Rows in the table's own dtype: a half table's checkpoint is half the bytes.
-        tensors.push(OwnedTensor {
-            name: "table".into(),
-            dtype: table_tensor_dtype(table.dtype()),
-            shape: vec![stored, dim],
-            bytes: gather(table.view().as_bytes(), table.row_bytes(), ids.as_deref()),
-        });
-        for (array, data) in &arrays {
-            let TensorOut { dtype, bytes, .. } = TensorOut::state(*array, *data);
-            if optimizer.per_row_state().contains(array) {
+        tensors.push(rows_of("table".into(), table_tensor_dtype(table.dtype()), dim, table.view().as_bytes(), table.row_bytes()));
+        for (array, data) in arrays {
+            let TensorOut { dtype, bytes, .. } = TensorOut::state(array, data);
+            if optimizer.per_row_state().contains(&array) {
                 if !data.len().is_multiple_of(rows.max(1)) {
                     bail!("optimizer state {array:?} has {} values, not a multiple of the table's {rows} rows", data.len());
                 }
-                let width = data.len() / rows.max(1);
-                let row_size = bytes.len() / rows.max(1);
-                tensors.push(OwnedTensor { name: format!("state.{array}"), dtype, shape: vec![stored, width], bytes: gather(bytes, row_size, ids.as_deref()) });
+                tensors.push(rows_of(format!("state.{array}"), dtype, data.len() / rows.max(1), bytes, bytes.len() / rows.max(1)));
             } else {
-                tensors.push(OwnedTensor { name: format!("global.{array}"), dtype, shape: vec![data.len()], bytes: bytes.to_vec() });
+                tensors.push(StoredTensor::owned(format!("global.{array}"), dtype, vec![data.len()], bytes.to_vec()));
             }
         }
         let mut head_tensors = Vec::new();
         for (i, l) in head.layers.iter().enumerate() {
-            head_tensors.push(OwnedTensor { name: format!("head.{i}.weight"), dtype: Dtype::F32, shape: vec![l.input, l.output], bytes: bytemuck::cast_slice(&l.weight).to_vec() });
-            head_tensors.push(OwnedTensor { name: format!("head.{i}.bias"), dtype: Dtype::F32, shape: vec![l.output], bytes: bytemuck::cast_slice(&l.bias).to_vec() });
+            head_tensors.push(StoredTensor::owned(format!("head.{i}.weight"), Dtype::F32, vec![l.input, l.output], bytemuck::cast_slice(&l.weight).to_vec()));
+            head_tensors.push(StoredTensor::owned(format!("head.{i}.bias"), Dtype::F32, vec![l.output], bytemuck::cast_slice(&l.bias).to_vec()));
         }
         let manifest = Manifest {
             format_version: CHECKPOINT_FORMAT_VERSION,
@@ -298,7 +317,8 @@ impl Checkpointer {
             checksum: "blake3".into(),
             files: BTreeMap::new(),
         };
-        Ok(Snapshot { name, rows: tensors, head: head_tensors, head_record, trainer: state.clone(), manifest })
+        let picked = if copy { None } else { ids };
+        Ok(Snapshot { name, picked, rows: tensors, head: head_tensors, head_record, trainer: state.clone(), manifest })
     }
 }
 
@@ -318,28 +338,65 @@ fn gather(bytes: &[u8], row_size: usize, ids: Option<&[u32]>) -> Vec<u8> {
     out
 }
 
-struct OwnedTensor {
+/// One tensor of a snapshot: its bytes copied, or borrowed from the live
+/// table or state with the stored rows picked as it is written.
+struct StoredTensor<'a> {
     name: String,
     dtype: Dtype,
     shape: Vec<usize>,
-    bytes: Vec<u8>,
+    bytes: Cow<'a, [u8]>,
+    /// Borrowed per-row arrays: the row size; the rows are [`Snapshot::picked`].
+    picked_row_bytes: Option<usize>,
 }
 
-fn views(tensors: &[OwnedTensor]) -> Vec<TensorOut<'_>> {
-    tensors.iter().map(|t| TensorOut { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), bytes: &t.bytes }).collect()
+impl StoredTensor<'_> {
+    fn owned(name: impl Into<String>, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) -> StoredTensor<'static> {
+        StoredTensor { name: name.into(), dtype, shape, bytes: Cow::Owned(bytes), picked_row_bytes: None }
+    }
 }
 
-/// Everything one checkpoint folder holds, owned, so it can be written while training goes on.
-struct Snapshot {
+/// Everything one checkpoint folder holds: owned (written while training goes on) or borrowing the live rows.
+struct Snapshot<'a> {
     name: String,
-    rows: Vec<OwnedTensor>,
-    head: Vec<OwnedTensor>,
+    /// The local rows stored, when the rows are picked from borrowed arrays.
+    picked: Option<Vec<u32>>,
+    rows: Vec<StoredTensor<'a>>,
+    head: Vec<StoredTensor<'a>>,
     head_record: Vec<u8>,
     trainer: TrainerState,
     manifest: Manifest,
 }
 
-impl Snapshot {
+impl Snapshot<'_> {
+    /// A copied snapshot as one that owns everything (a thread can write it).
+    fn into_owned(self) -> Snapshot<'static> {
+        let own = |t: StoredTensor<'_>| {
+            debug_assert!(t.picked_row_bytes.is_none(), "a copied snapshot picks no rows");
+            StoredTensor::owned(t.name, t.dtype, t.shape, t.bytes.into_owned())
+        };
+        Snapshot {
+            name: self.name,
+            picked: None,
+            rows: self.rows.into_iter().map(own).collect(),
+            head: self.head.into_iter().map(own).collect(),
+            head_record: self.head_record,
+            trainer: self.trainer,
+            manifest: self.manifest,
+        }
+    }
+
+    fn views<'s>(&'s self, tensors: &'s [StoredTensor<'_>]) -> Vec<TensorOut<'s>> {
+        tensors
+            .iter()
+            .map(|t| TensorOut {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                bytes: &t.bytes,
+                rows: t.picked_row_bytes.zip(self.picked.as_deref()).map(|(row_bytes, ids)| RowPick { ids, row_bytes }),
+            })
+            .collect()
+    }
     /// Writes the folder durably, points `LATEST` at it, then prunes.
     fn write(mut self, root: &Path, keep: usize) -> anyhow::Result<Written> {
         let staging = root.join(format!(".tmp-{}-{}", self.name, std::process::id()));
@@ -363,8 +420,8 @@ impl Snapshot {
             Ok(())
         };
         let meta = HashMap::from([("format".to_string(), "sparseburn-checkpoint".to_string())]);
-        put(ROWS_FILE, &|w| write_safetensors_to(&mut WriteRef(w), &views(&self.rows), &meta))?;
-        put(HEAD_FILE, &|w| write_safetensors_to(&mut WriteRef(w), &views(&self.head), &HashMap::new()))?;
+        put(ROWS_FILE, &|w| write_safetensors_to(&mut WriteRef(w), &self.views(&self.rows), &meta))?;
+        put(HEAD_FILE, &|w| write_safetensors_to(&mut WriteRef(w), &self.views(&self.head), &HashMap::new()))?;
         put(HEAD_OPTIM_FILE, &|w| w.write_all(&self.head_record))?;
         let trainer = serde_json::to_vec_pretty(&self.trainer)?;
         put(TRAINER_FILE, &|w| w.write_all(&trainer))?;
