@@ -2,8 +2,9 @@
 # Debian sections, one epoch, on 1, 2 and 4 MPI ranks in both [distributed] modes:
 # bytes sent per step, step time split into compute and communication, per-rank
 # table + state and peak RSS (BENCHMARKS.md, "Training across processes"); then
-# row_sharded with the whole 2M-row table held (memory.table_rows = "all"),
-# the shape of a table that outgrows one machine, for per-rank memory.
+# row_sharded with a 5M-bucket table held whole (memory.table_rows = "all",
+# 3.7 GiB of table + state), the shape of a table that outgrows one machine,
+# for per-rank memory.
 #   cargo build --release --features mpi && benches/distributed.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,9 +18,10 @@ for mode in replicated row_sharded; do
         mpirun -np "$n" --oversubscribe "$BIN" train configs/debian_sections.toml --run-dir "$out/$mode-$n" "${sets[@]}" --set "distributed.mode=$mode" >/dev/null
     done
 done
-"$BIN" train configs/debian_sections.toml --run-dir "$out/none_all-1" "${sets[@]}" --set memory.table_rows=all >/dev/null
+big=(--set memory.table_rows=all --set vocab.buckets=5000000)
+"$BIN" train configs/debian_sections.toml --run-dir "$out/none_all-1" "${sets[@]}" "${big[@]}" >/dev/null
 for n in 2 4; do
-    mpirun -np "$n" --oversubscribe "$BIN" train configs/debian_sections.toml --run-dir "$out/row_sharded_all-$n" "${sets[@]}" --set distributed.mode=row_sharded --set memory.table_rows=all >/dev/null
+    mpirun -np "$n" --oversubscribe "$BIN" train configs/debian_sections.toml --run-dir "$out/row_sharded_all-$n" "${sets[@]}" "${big[@]}" --set distributed.mode=row_sharded >/dev/null
 done
 python3 - "$out" <<'PY'
 import json, os, sys

@@ -18,7 +18,7 @@ use crate::data::{Batch, Dataset};
 use crate::model::{EmbeddingTable, HeadWeights, Pooling, SparseGrad, TableView};
 use crate::train::checkpoint::{checkpoints_dir, Checkpoint};
 use crate::train::resident::ResidentRows;
-use crate::train::{evaluate, EvalMetrics, TrainOptions};
+use crate::train::{evaluate, metrics_of, score_examples, EvalMetrics, ExampleScore, TrainOptions};
 
 /// What a distributed run reports in its outcome (per rank).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -43,8 +43,6 @@ pub struct Distributed {
     wanted: Vec<u32>,
     gathered: Vec<f32>,
     positions: Vec<u32>,
-    /// row_sharded, rank 0: the test set with ids rewritten as positions in its sorted unique ids.
-    eval_set: Option<(Dataset, Vec<u32>)>,
     /// The caller's token (Ctrl-C may reach one process only), and the one the
     /// trainer sees: cancelled on every rank at the same step once any rank's
     /// own token is, so all stop together.
@@ -69,7 +67,6 @@ impl Distributed {
             wanted: Vec::new(),
             gathered: Vec::new(),
             positions: Vec::new(),
-            eval_set: None,
             cancel: options.cancel.clone(),
             agreed: CancelToken::new(),
         })
@@ -297,30 +294,44 @@ impl Distributed {
         }
     }
 
-    /// Evaluates the model on `test`: locally, or (row_sharded) on rank 0 with
-    /// the test rows gathered from their owners, the metrics sent to every rank.
+    /// Evaluates the model on `test`: locally, or (row_sharded) split like a
+    /// training batch: rank r scores its contiguous share of the examples,
+    /// [`EVAL_CHUNK`] at a time with their rows fetched from the owners, and
+    /// the scores are all-gathered in rank (= example) order, so every rank
+    /// gets the metrics one process computes, and no rank holds more than a
+    /// chunk's rows.
     pub fn evaluate(&mut self, table: &EmbeddingTable, head: &HeadWeights, pooling: Pooling, test: &Dataset, k: usize) -> anyhow::Result<EvalMetrics> {
         if self.mode != DistributedMode::RowSharded {
             return Ok(evaluate(table, head, pooling, test, k));
         }
         let comm = self.comm.clone().context("row_sharded needs a group")?;
-        let leader = comm.rank() == 0;
-        if leader && self.eval_set.is_none() {
-            let mut unique = test.ids.clone();
+        let (rank, w, n) = (comm.rank(), comm.size(), test.len());
+        let share = |r: usize| r * n / w..(r + 1) * n / w;
+        let rounds = (0..w).map(|r| share(r).len().div_ceil(EVAL_CHUNK)).max().unwrap_or(0);
+        let mine = share(rank);
+        let mut scores: Vec<ExampleScore> = Vec::with_capacity(mine.len());
+        for round in 0..rounds {
+            // Every rank takes part in every round's fetch (to serve the others), its own chunk empty or not.
+            let chunk = (mine.start + round * EVAL_CHUNK).min(mine.end)..(mine.start + (round + 1) * EVAL_CHUNK).min(mine.end);
+            let ids = &test.ids[test.offsets[chunk.start]..test.offsets[chunk.end]];
+            let mut unique = ids.to_vec();
             unique.sort_unstable();
             unique.dedup();
-            let mut local = test.clone();
-            local.ids.iter_mut().for_each(|id| *id = unique.binary_search(id).expect("a test id") as u32);
-            self.eval_set = Some((local, unique));
+            let rows = self.fetch_rows(table, &unique, false)?;
+            let positions: Vec<u32> = ids.iter().map(|id| unique.binary_search(id).expect("a chunk id") as u32).collect();
+            let held = EmbeddingTable::from_vec(unique.len(), table.dim(), rows);
+            let base = test.offsets[chunk.start];
+            scores.extend(score_examples(&held, head, pooling, k, chunk.len(), |i| {
+                let e = chunk.start + i;
+                (&positions[test.offsets[e] - base..test.offsets[e + 1] - base], test.labels[e])
+            }));
         }
-        let wanted = self.eval_set.as_ref().map(|(_, u)| u.clone()).unwrap_or_default();
-        let rows = self.fetch_rows(table, &wanted, false)?;
-        let report = match &self.eval_set {
-            Some((local, unique)) if leader => serde_json::to_vec(&evaluate(&EmbeddingTable::from_vec(unique.len(), table.dim(), rows), head, pooling, local, k))?,
-            _ => Vec::new(),
-        };
-        let report = comm.broadcast_from_leader(&report)?;
-        serde_json::from_slice(&report).context("rank 0 sent unreadable evaluation metrics")
+        let all = comm.all_gather_v(bytemuck::cast_slice(&scores))?;
+        let scores: Vec<ExampleScore> = all.iter().flat_map(|b| bytemuck::pod_collect_to_vec::<u8, ExampleScore>(b)).collect();
+        if scores.len() != n {
+            bail!("the ranks scored {} test examples, not {n}", scores.len());
+        }
+        Ok(metrics_of(&scores, test, k))
     }
 
     /// The checkpoint a resumed rank continues from: its latest, or, when a
@@ -368,6 +379,11 @@ impl Distributed {
         self.comm.as_ref().map_or(Ok(()), |c| c.barrier())
     }
 }
+
+/// Test examples a row-sharded rank scores per round: their rows (≈ 35k
+/// for Debian sections, 9 MB) and the rows it serves to the other ranks'
+/// chunks are all it holds for evaluation (2048 added ≈ 50 MB to a rank's peak).
+const EVAL_CHUNK: usize = 512;
 
 #[cfg(feature = "mpi")]
 fn mpi_world(mode: DistributedMode) -> anyhow::Result<Arc<dyn Collective>> {

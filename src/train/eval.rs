@@ -47,29 +47,57 @@ pub fn log_sum_exp(x: &[f32]) -> f64 {
 }
 
 pub fn evaluate(table: &EmbeddingTable, head: &HeadWeights, pooling: Pooling, data: &Dataset, k: usize) -> EvalMetrics {
-    // (loss, correct, in top k) per example; summed in order afterwards so the result is deterministic.
-    let per_example: Vec<(f64, bool, bool)> = (0..data.len())
+    let scores = score_examples(table, head, pooling, k, data.len(), |i| (data.example(i), data.labels[i]));
+    metrics_of(&scores, data, k)
+}
+
+/// One example's evaluation: its loss (0 for an unknown label), whether the
+/// label is the top prediction, whether it is in the top k.
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct ExampleScore {
+    pub loss: f64,
+    pub correct: u32,
+    pub in_top_k: u32,
+}
+
+/// Scores examples `0..n`, where `example(i)` gives example i's ids (rows
+/// of `table`) and label, in parallel.
+pub fn score_examples<'d>(
+    table: &EmbeddingTable,
+    head: &HeadWeights,
+    pooling: Pooling,
+    k: usize,
+    n: usize,
+    example: impl Fn(usize) -> (&'d [u32], u32) + Sync,
+) -> Vec<ExampleScore> {
+    (0..n)
         .into_par_iter()
         .map_init(
             || Scratch::new(head),
             |s, i| {
-                let label = data.labels[i];
-                let z = logits(table, head, pooling, data.example(i), s);
+                let (ids, label) = example(i);
+                let z = logits(table, head, pooling, ids, s);
                 if label == UNKNOWN_LABEL {
-                    return (0.0, false, false);
+                    return ExampleScore { loss: 0.0, correct: 0, in_top_k: 0 };
                 }
                 let target = z[label as usize];
                 let higher = z.iter().filter(|&&v| v > target).count();
-                (log_sum_exp(z) - target as f64, higher == 0, higher < k)
+                ExampleScore { loss: log_sum_exp(z) - target as f64, correct: (higher == 0) as u32, in_top_k: (higher < k) as u32 }
             },
         )
-        .collect();
+        .collect()
+}
+
+/// The metrics of `data` from its examples' scores, in example order (summed
+/// in that order, so however the scores were computed the result is the same).
+pub fn metrics_of(scores: &[ExampleScore], data: &Dataset, k: usize) -> EvalMetrics {
     let n = data.len().max(1) as f64;
     let known = (data.len() as u64 - data.unknown_labels).max(1) as f64;
     EvalMetrics {
-        loss: per_example.iter().map(|e| e.0).sum::<f64>() / known,
-        accuracy: per_example.iter().filter(|e| e.1).count() as f64 / n,
-        top_k_accuracy: per_example.iter().filter(|e| e.2).count() as f64 / n,
+        loss: scores.iter().map(|e| e.loss).sum::<f64>() / known,
+        accuracy: scores.iter().filter(|e| e.correct != 0).count() as f64 / n,
+        top_k_accuracy: scores.iter().filter(|e| e.in_top_k != 0).count() as f64 / n,
         k,
         examples: data.len(),
         unknown_labels: data.unknown_labels,

@@ -19,7 +19,7 @@ mod table_file;
 mod table_home;
 mod trainer;
 
-pub use eval::{evaluate, EvalMetrics};
+pub use eval::{evaluate, metrics_of, score_examples, EvalMetrics, ExampleScore};
 pub use model::TrainedModel;
 pub use observer::{Observer, RunStart, StepEvent};
 pub use prepare::{DataSource, Examples};
