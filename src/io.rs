@@ -82,7 +82,9 @@ impl<W: Write> Write for HashingWriter<W> {
 pub fn write_safetensors_to(w: &mut impl Write, tensors: &[TensorOut<'_>], metadata: &HashMap<String, String>) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
+        // Sorted: the same metadata gives the same bytes (a HashMap's order changes per process).
+        let sorted: std::collections::BTreeMap<_, _> = metadata.iter().collect();
+        header.insert("__metadata__".into(), serde_json::to_value(sorted)?);
     }
     let mut offset = 0;
     for t in tensors {
@@ -286,5 +288,29 @@ impl StateSource for SafetensorsFile {
     }
     fn read_u64(&self, name: &str, into: &mut [u64]) -> Result<(), StateError> {
         self.read_into(name, Dtype::U64, into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        let values = [1.0f32, 2.0, 3.0];
+        let write = |keys: &[usize]| {
+            // Two maps with their own random hash keys, filled in different orders.
+            let metadata: HashMap<String, String> = keys.iter().map(|k| (format!("key{k}"), format!("value{k}"))).collect();
+            let mut out = Vec::new();
+            write_safetensors_to(&mut out, &[TensorOut::f32("x", vec![3], &values)], &metadata).unwrap();
+            out
+        };
+        let forward: Vec<usize> = (0..12).collect();
+        let backward: Vec<usize> = (0..12).rev().collect();
+        let a = write(&forward);
+        assert_eq!(a, write(&backward));
+        // And a different reader (the safetensors crate) sees every key.
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&a).unwrap();
+        assert_eq!(meta.metadata().as_ref().map(|m| m.len()), Some(12));
     }
 }
