@@ -76,7 +76,7 @@ pub struct ModelConfig {
     pub init: TableInit,
     /// Where the table's rows and its optimizer's state live: "memory", or
     /// "mmap" (a file at `table_path`, for tables larger than RAM).
-    pub table_storage: crate::memory::TableStorage,
+    pub table_storage: TableStorage,
     /// The table file for `table_storage = "mmap"` (relative to the current
     /// directory). Refused if it holds anything but this run's own table.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +97,27 @@ impl Default for ModelConfig {
             table_storage: Default::default(),
             table_path: None,
             table_dtype: TableDtype::F32,
+        }
+    }
+}
+
+/// Where the table's rows and its optimizer's state live (`model.table_storage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableStorage {
+    /// Anonymous host memory.
+    #[default]
+    Memory,
+    /// A file at `model.table_path`, mapped: the kernel keeps hot rows in the
+    /// page cache and writes the rest back, so a table larger than RAM trains.
+    Mmap,
+}
+
+impl TableStorage {
+    pub fn name(self) -> &'static str {
+        match self {
+            TableStorage::Memory => "memory",
+            TableStorage::Mmap => "mmap",
         }
     }
 }
@@ -423,11 +444,11 @@ impl Config {
         let positive = |key: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(at(source, key, format!("must be a positive number, got {v}"))) };
         let unit = |key: &str, v: f64| if (0.0..1.0).contains(&v) { Ok(()) } else { Err(at(source, key, format!("must be in [0, 1), got {v}"))) };
         match (self.model.table_storage, &self.model.table_path) {
-            (crate::memory::TableStorage::Mmap, None) => bail!(at(source, "model.table_path", "required with model.table_storage = \"mmap\" (the file that holds the table)")),
-            (crate::memory::TableStorage::Mmap, Some(p)) if p.as_os_str().is_empty() || p.is_dir() => {
+            (TableStorage::Mmap, None) => bail!(at(source, "model.table_path", "required with model.table_storage = \"mmap\" (the file that holds the table)")),
+            (TableStorage::Mmap, Some(p)) if p.as_os_str().is_empty() || p.is_dir() => {
                 bail!(at(source, "model.table_path", format!("must name a file, got {:?}", p.display().to_string())))
             }
-            (crate::memory::TableStorage::Memory, Some(_)) => bail!(at(source, "model.table_path", "is only used with model.table_storage = \"mmap\" (it is \"memory\")")),
+            (TableStorage::Memory, Some(_)) => bail!(at(source, "model.table_path", "is only used with model.table_storage = \"mmap\" (it is \"memory\")")),
             _ => {}
         }
         if self.train.batch_size == 0 {
@@ -503,12 +524,12 @@ impl Config {
             if self.model.table_dtype != TableDtype::F32 {
                 bail!(at(source, "model.table_dtype", format!("the device table (placement.embedding = \"{table}\") stores f32 rows, got \"{}\"", self.model.table_dtype.name())));
             }
-            if self.model.table_storage == crate::memory::TableStorage::Mmap {
+            if self.model.table_storage == TableStorage::Mmap {
                 bail!(at(source, "model.table_storage", format!("\"mmap\" keeps the table in a host file; placement.embedding = \"{table}\" keeps it on a device: choose one")));
             }
         }
         if self.distributed.mode != DistributedMode::None {
-            // The exchange moves f32 rows of host tables (src/distributed).
+            // The exchange moves f32 rows of host tables (src/train/distributed).
             let mode = self.distributed.mode.name();
             if self.model.table_dtype != TableDtype::F32 {
                 bail!(at(source, "model.table_dtype", format!("distributed.mode = \"{mode}\" exchanges f32 rows; got \"{}\"", self.model.table_dtype.name())));

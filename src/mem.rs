@@ -145,6 +145,18 @@ impl<T: bytemuck::Pod + std::fmt::Debug> std::fmt::Debug for AlignedVec<T> {
     }
 }
 
+/// `bytes` in decimal units (the `*_gb` budgets are decimal GB), precise
+/// enough that small GPU parts do not all read "0.000 GB".
+pub fn size(bytes: u64) -> String {
+    match bytes {
+        u64::MAX => "> 18.4 EB".to_string(),
+        b if b >= 1_000_000_000 => format!("{:.3} GB", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.1} kB", b as f64 / 1e3),
+        b => format!("{b} B"),
+    }
+}
+
 /// Whether large buffers ask for transparent huge pages (see [`set_huge_pages`]).
 static HUGE_PAGES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 

@@ -4,7 +4,6 @@
 //! swapping or dying half-way.
 
 use anyhow::bail;
-use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::device::{DenseDevice, TABLE_DEVICE};
@@ -27,26 +26,8 @@ pub struct MemoryPlan {
 
 const F32: u64 = 4;
 
-/// Where the table's rows and its optimizer's state live (`model.table_storage`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TableStorage {
-    /// Anonymous host memory.
-    #[default]
-    Memory,
-    /// A file at `model.table_path`, mapped: the kernel keeps hot rows in the
-    /// page cache and writes the rest back, so a table larger than RAM trains.
-    Mmap,
-}
-
-impl TableStorage {
-    pub fn name(self) -> &'static str {
-        match self {
-            TableStorage::Memory => "memory",
-            TableStorage::Mmap => "mmap",
-        }
-    }
-}
+pub use crate::config::TableStorage;
+pub use crate::mem::size;
 
 /// The plan's device name for arrays in a mapped table file: they take disk
 /// space, and only the pages in use take (reclaimable) memory.
@@ -194,18 +175,6 @@ fn table_item(dtype: crate::model::TableDtype) -> &'static str {
         crate::model::TableDtype::F32 => "embedding table",
         crate::model::TableDtype::Bf16 => "embedding table (bf16)",
         crate::model::TableDtype::F16 => "embedding table (f16)",
-    }
-}
-
-/// `bytes` in decimal units (the `*_gb` budgets are decimal GB), precise
-/// enough that small GPU parts do not all read "0.000 GB".
-pub fn size(bytes: u64) -> String {
-    match bytes {
-        u64::MAX => "> 18.4 EB".to_string(),
-        b if b >= 1_000_000_000 => format!("{:.3} GB", b as f64 / 1e9),
-        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
-        b if b >= 1_000 => format!("{:.1} kB", b as f64 / 1e3),
-        b => format!("{b} B"),
     }
 }
 

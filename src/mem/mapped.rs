@@ -112,10 +112,10 @@ impl TableFile {
             }
             bail!(
                 "{key}: the table and its optimizer state need {} on disk, but {} has {} free{}; choose a {key} on a larger disk, or fewer rows",
-                crate::memory::size(reserve),
+                crate::mem::size(reserve),
                 dir.display(),
-                crate::memory::size(free),
-                if reclaimed > 0 { format!(" (+ {} of the earlier file replaced)", crate::memory::size(reclaimed)) } else { String::new() }
+                crate::mem::size(free),
+                if reclaimed > 0 { format!(" (+ {} of the earlier file replaced)", crate::mem::size(reclaimed)) } else { String::new() }
             );
         }
         // Fresh contents: every region must read as zeros.
@@ -123,7 +123,7 @@ impl TableFile {
             if !existed {
                 let _ = std::fs::remove_file(path);
             }
-            return Err(e).with_context(|| format!("{key}: cannot reserve {} at {}", crate::memory::size(reserve), path.display()));
+            return Err(e).with_context(|| format!("{key}: cannot reserve {} at {}", crate::mem::size(reserve), path.display()));
         }
         let tf = TableFile {
             file: Arc::new(file),
@@ -283,7 +283,7 @@ pub(crate) fn zeroed_region(bytes: usize, elem_bytes: usize) -> Option<MappedReg
     TARGET.with(|t| {
         let mut t = t.borrow_mut();
         let file = t.as_mut()?;
-        Some(file.map_region(bytes as u64, elem_bytes).unwrap_or_else(|e| panic!("cannot map {} of {}: {e}", crate::memory::size(bytes as u64), file.path.display())))
+        Some(file.map_region(bytes as u64, elem_bytes).unwrap_or_else(|e| panic!("cannot map {} of {}: {e}", crate::mem::size(bytes as u64), file.path.display())))
     })
 }
 
@@ -368,7 +368,7 @@ mod tests {
         let e = TableFile::create(&path, "run", want, "model.table_path").err().unwrap();
         let msg = format!("{e:#}");
         assert!(msg.starts_with("model.table_path: the table and its optimizer state need"), "{msg}");
-        assert!(msg.contains(&crate::memory::size(want)) && msg.contains("free"), "{msg}");
+        assert!(msg.contains(&crate::mem::size(want)) && msg.contains("free"), "{msg}");
         assert!(!path.exists(), "the refused file is removed");
     }
 }
