@@ -25,7 +25,8 @@
 //! `summary` → `export` → `serve`; `mem` and `par` (aligned buffers, parallel
 //! row loops) sit below `model` and `optim`. The device-resident table and its
 //! LazyAdam live in `optim::device_table`, beside the host optimizers whose
-//! bookkeeping they share.
+//! bookkeeping they share. Training across processes (`distributed`) is a
+//! part of the training step, so it lives in `train::distributed`.
 
 pub mod bench;
 pub mod cancel;
@@ -33,7 +34,6 @@ pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;
-pub mod distributed;
 pub mod durable;
 pub mod export;
 pub mod io;
@@ -49,3 +49,6 @@ pub mod summary;
 pub mod sweep;
 pub mod sys;
 pub mod train;
+
+/// Training across processes and machines ([`train::distributed`]; the path users and tests know).
+pub use train::distributed;

@@ -1,10 +1,12 @@
-//! Training: the loop, evaluation, checkpoints and the run directory.
+//! Training: the loop, evaluation, checkpoints, the run directory, and
+//! training across processes ([`distributed`]).
 //!
 //! From code, train with [`Trainer`] (data from files or memory, observers,
 //! a cancel token, the model returned in memory); [`train`] is what the CLI
 //! runs (data files, run directory, resume).
 
 pub mod checkpoint;
+pub mod distributed;
 pub mod eval;
 pub mod fingerprint;
 pub mod model;
