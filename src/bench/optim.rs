@@ -738,13 +738,13 @@ fn print_report(r: &OptimReport) {
     }
     if r.runs.iter().any(|x| x.table_thp.is_some()) {
         println!(
-            "huge pages (AnonHugePages; faults, fallbacks and compaction stalls are system-wide while the table or state was allocated):\n{:>10} {:<20} {:>8} {:>14} {:>7} {:>9} {:>9} {:>9} {:>15} {:>15}",
-            "rows", "optimizer", "table GB", "table THP GB", "init s", "thp flt", "fallback", "stalls", "state THP GB", "process THP GB"
+            "huge pages (AnonHugePages; faults, fallbacks and compaction stalls are system-wide while the table was allocated; the process's after the timed steps):\n{:>10} {:<20} {:>8} {:>14} {:>7} {:>9} {:>9} {:>9} {:>15}",
+            "rows", "optimizer", "table GB", "table THP GB", "init s", "thp flt", "fallback", "stalls", "process THP GB"
         );
         for x in &r.runs {
-            let (t, st) = (x.table_thp.unwrap_or_default(), x.state_thp.unwrap_or_default());
+            let t = x.table_thp.unwrap_or_default();
             println!(
-                "{:>10} {:<20} {:>8.2} {:>8.2} ({:>3.0}%) {:>7.2} {:>9} {:>9} {:>9} {:>15.2} {:>15}",
+                "{:>10} {:<20} {:>8.2} {:>8.2} ({:>3.0}%) {:>7.2} {:>9} {:>9} {:>9} {:>15}",
                 x.rows,
                 x.optimizer,
                 x.table_bytes as f64 / 1e9,
@@ -754,7 +754,6 @@ fn print_report(r: &OptimReport) {
                 t.fault_alloc,
                 t.fault_fallback,
                 t.compact_stall,
-                st.anon_huge_bytes as f64 / 1e9,
                 x.anon_huge_bytes.map(|b| format!("{:.2}", b as f64 / 1e9)).unwrap_or_else(|| "-".into())
             );
         }
