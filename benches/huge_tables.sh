@@ -107,6 +107,12 @@ for name, r in (("ref", ref), ("ram", ram), ("disk", disk), ("cold", cold)):
     print(f"  {name:4} {run['rows']:>11} rows {run['optimizer']:<16} {run['table_storage']:<6} step {step(run):8.3f} ms"
           f" + fault-in {fault:8.3f} ms; {run['major_faults_per_step']:.0f} major faults, {run['read_bytes_per_step']/1e6:.2f} MB read per step;"
           f" plan {plan/1e9:.2f} GB, peak RSS {r['peak_rss_bytes']/1e9:.2f} GB; other processes {100*(r.get('other_processes_cpu') or 0):.0f}% CPU")
+    # Transparent huge pages (bench optim reads AnonHugePages): the table's share when allocated, the process's after the steps.
+    if run.get("table_thp") and run["table_storage"] == "memory":
+        t = run["table_thp"]
+        print(f"       huge pages: table {t['anon_huge_bytes']/1e9:.2f} of {run['table_bytes']/1e9:.2f} GB ({100*t['anon_huge_bytes']/max(run['table_bytes'],1):.0f}%),"
+              f" {t['fault_fallback']} fallbacks to 4 KiB and {t['compact_stall']} compaction stalls while it was allocated ({run['table_init_s']:.1f} s);"
+              f" process AnonHugePages after the steps {(run.get('anon_huge_bytes') or 0)/1e9:.2f} GB")
 if ref and ram:
     a, b = ref["runs"][0], ram["runs"][0]
     ratio = step(b) / step(a)

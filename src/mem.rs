@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 pub mod mapped;
+pub mod thp;
 
 /// Rows and state arrays start on a cache-line boundary. Large allocations
 /// from malloc are page-aligned plus a 16-byte header, which would make every
@@ -59,9 +60,11 @@ impl<T: bytemuck::Pod + Default + Send + Sync> AlignedVec<T> {
         if let Some(region) = mapped::zeroed_region(len * size, size) {
             return AlignedVec { backing: Backing::Mapped(region), offset: 0, len };
         }
-        // vec! of zeros comes from calloc: fresh pages, not yet touched, so the
-        // huge-page advice applies before the first fault.
-        let mut buf = vec![T::default(); len + Self::slack()];
+        // Zeroed by the allocator (calloc: fresh pages, not yet touched), so
+        // the huge-page advice applies before the first fault. Not `vec![T::default(); n]`:
+        // that is calloc only for primitive types and writes every element of
+        // any other (bf16, f16), faulting the whole buffer in 4 KiB pages first.
+        let mut buf: Vec<T> = bytemuck::zeroed_vec(len + Self::slack());
         advise_huge_pages(&mut buf);
         let offset = Self::offset_in(&buf);
         AlignedVec { backing: Backing::Heap(buf), offset, len }
@@ -231,4 +234,43 @@ pub fn prefault<T: Copy + Default + Send>(values: &mut [T]) {
             unsafe { std::ptr::write_volatile(chunk.as_mut_ptr().add(i), T::default()) };
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of `buf` (whole pages inside it) that are resident, from mincore(2).
+    #[cfg(target_os = "linux")]
+    fn resident_pages<T>(buf: &[T]) -> (usize, usize) {
+        const PAGE: usize = 4096;
+        let start = (buf.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (buf.as_ptr() as usize + std::mem::size_of_val(buf)) / PAGE * PAGE;
+        let pages = (end - start) / PAGE;
+        let mut flags = vec![0u8; pages];
+        // SAFETY: [start, end) is page-aligned and inside `buf`, a live
+        // allocation; mincore only writes one byte per page into `flags`.
+        let rc = unsafe { libc::mincore(start as *mut libc::c_void, end - start, flags.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        (flags.iter().filter(|&&f| f & 1 != 0).count(), pages)
+    }
+
+    /// A zeroed half-precision buffer is not written when allocated (it would
+    /// then be faulted in 4 KiB pages before the huge-page advice), for f32 and
+    /// for types the standard library's `vec!` does not know are zero.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn zeroed_buffers_are_untouched_until_written() {
+        fn check<T: bytemuck::Pod + Default + Send + Sync + PartialEq + std::fmt::Debug>() {
+            let mut v = AlignedVec::<T>::zeroed((64 << 20) / std::mem::size_of::<T>());
+            let (resident, pages) = resident_pages(&v);
+            assert!(resident <= 1, "{resident} of {pages} pages of a fresh zeroed {} buffer are resident", std::any::type_name::<T>());
+            prefault(&mut v);
+            assert_eq!(resident_pages(&v), (pages, pages));
+            assert!(v.iter().all(|x| *x == T::default()));
+        }
+        check::<f32>();
+        check::<half::bf16>();
+        check::<half::f16>();
+    }
 }

@@ -29,6 +29,7 @@ use super::stats::Summary;
 use super::triad::{triad, TriadResult};
 use super::MachineInfo;
 use crate::mem::mapped::{self, TableFile};
+use crate::mem::thp::ThpSnapshot;
 use crate::memory::TableStorage;
 use crate::model::{bag_backward, bag_forward, Bags, EmbeddingTable, Pooling, SparseGrad, TableDtype, TableInit, TableRecipe};
 use crate::optim::{StateData, TableOptimizer, TableOptimizerConfig};
@@ -151,6 +152,18 @@ pub struct OptimRun {
     pub read_bytes_per_step: f64,
     /// Resident set size after this optimizer's timed steps on all sizes.
     pub rss_bytes: u64,
+    /// Bytes of the table's rows, and seconds to allocate and initialise (in memory) or map them.
+    pub table_bytes: u64,
+    pub table_init_s: f64,
+    /// What allocating and initialising the table did for huge pages: bytes
+    /// of it the kernel backed with 2 MiB pages, and the system's huge-page
+    /// faults, fallbacks to 4 KiB pages and compaction stalls meanwhile.
+    pub table_thp: Option<ThpSnapshot>,
+    /// The same for allocating the optimizer state (its pages are mostly
+    /// faulted later, in the warm-up steps).
+    pub state_thp: Option<ThpSnapshot>,
+    /// The process's AnonHugePages after this optimizer's timed steps on all sizes.
+    pub anon_huge_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -269,6 +282,8 @@ struct Size {
     /// Table and state are in mapped files: fault the batch's rows in first, timed apart.
     mapped: bool,
     table: EmbeddingTable,
+    table_init_s: f64,
+    table_thp: Option<ThpSnapshot>,
     pooled: Vec<f32>,
     grad: SparseGrad,
     /// Batches used so far (they are cycled).
@@ -430,6 +445,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
     let d_pooled: Vec<f32> = (0..args.batch * dim).map(|_| rng.random_range(-1e-2..1e-2)).collect();
     let mut sizes = Vec::new();
     for &rows in &args.rows {
+        let thp = ThpSnapshot::now();
         let t = Instant::now();
         let recipe = TableRecipe { rows, dim, init: TableInit::default(), seed: args.seed, dtype: args.table_dtype };
         let table = match &mut files {
@@ -444,6 +460,19 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
             if mapped { "mapped" } else { "initialised" },
             t.elapsed().as_secs_f64()
         );
+        let table_init_s = t.elapsed().as_secs_f64();
+        let table_thp = thp.zip(ThpSnapshot::now()).map(|(before, after)| after.since(&before));
+        if let Some(d) = table_thp {
+            log::info!(
+                "  huge pages: {:.2} of {:.2} GB ({:.0}%); system-wide meanwhile {} huge-page faults, {} fallbacks to 4 KiB, {} compaction stalls",
+                d.anon_huge_bytes as f64 / 1e9,
+                table.bytes() as f64 / 1e9,
+                100.0 * d.anon_huge_bytes as f64 / table.bytes().max(1) as f64,
+                d.fault_alloc,
+                d.fault_fallback,
+                d.compact_stall
+            );
+        }
         // Distinct batches, cycled: more than the caches could learn.
         let batches = zipf_batches(args, rows, DISTINCT_BATCHES)?;
         let unique = batches
@@ -455,7 +484,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
                 u
             })
             .collect();
-        sizes.push(Size { rows, batches, unique, mapped, table, pooled: vec![0.0f32; args.batch * dim], grad: SparseGrad::new(dim), next: 0 });
+        sizes.push(Size { rows, batches, unique, mapped, table, table_init_s, table_thp, pooled: vec![0.0f32; args.batch * dim], grad: SparseGrad::new(dim), next: 0 });
     }
 
     // Non-zero contents, so that no page is the shared zero page.
@@ -464,13 +493,16 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
     for config in &configs {
         let mut optimizers = Vec::new();
         let mut init_s = Vec::new();
+        let mut state_thp = Vec::new();
         for size in &sizes {
+            let thp = ThpSnapshot::now();
             let t = Instant::now();
             optimizers.push(match &mut files {
                 Some(f) => f.place(&format!("{}.{}.state", size.rows, config.name()), config.state_bytes(size.rows, dim), || config.init(size.rows, dim))?,
                 None => config.init(size.rows, dim),
             });
             init_s.push(t.elapsed().as_secs_f64());
+            state_thp.push(thp.zip(ThpSnapshot::now()).map(|(before, after)| after.since(&before)));
         }
         let dense = optimizers.first().is_some_and(|o| !o.updates_only_grad_rows());
         let timed = if dense { args.dense_steps.unwrap_or(args.steps).max(1) } else { args.steps };
@@ -490,7 +522,8 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
             }
         }
         let rss_bytes = crate::sys::rss_bytes().unwrap_or(0);
-        for (((size, s), state_init_s), optimizer) in sizes.iter().zip(samples).zip(init_s).zip(&optimizers) {
+        let anon_huge_bytes = ThpSnapshot::now().map(|t| t.anon_huge_bytes);
+        for ((((size, s), state_init_s), optimizer), state_thp) in sizes.iter().zip(samples).zip(init_s).zip(&optimizers).zip(state_thp) {
             let touched = s.touched as f64 / timed as f64;
             let step = Summary::of(&s.opt);
             let bytes = update_bytes(optimizer.as_ref(), size.rows, touched, dim, size.table.row_bytes());
@@ -518,6 +551,11 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
                 minor_faults_per_step: s.faults.minor as f64 / timed as f64,
                 read_bytes_per_step: s.faults.read_bytes as f64 / timed as f64,
                 rss_bytes,
+                table_bytes: size.table.bytes() as u64,
+                table_init_s: size.table_init_s,
+                table_thp: size.table_thp,
+                state_thp,
+                anon_huge_bytes,
             });
         }
     }
@@ -697,6 +735,28 @@ fn print_report(r: &OptimReport) {
             x.read_bytes_per_step / 1e6,
             x.rss_bytes as f64 / 1e9
         );
+    }
+    if r.runs.iter().any(|x| x.table_thp.is_some()) {
+        println!(
+            "huge pages (AnonHugePages; faults, fallbacks and compaction stalls are system-wide while the table was allocated; the process's after the timed steps):\n{:>10} {:<20} {:>8} {:>14} {:>7} {:>9} {:>9} {:>9} {:>15}",
+            "rows", "optimizer", "table GB", "table THP GB", "init s", "thp flt", "fallback", "stalls", "process THP GB"
+        );
+        for x in &r.runs {
+            let t = x.table_thp.unwrap_or_default();
+            println!(
+                "{:>10} {:<20} {:>8.2} {:>8.2} ({:>3.0}%) {:>7.2} {:>9} {:>9} {:>9} {:>15}",
+                x.rows,
+                x.optimizer,
+                x.table_bytes as f64 / 1e9,
+                t.anon_huge_bytes as f64 / 1e9,
+                100.0 * t.anon_huge_bytes as f64 / x.table_bytes.max(1) as f64,
+                x.table_init_s,
+                t.fault_alloc,
+                t.fault_fallback,
+                t.compact_stall,
+                x.anon_huge_bytes.map(|b| format!("{:.2}", b as f64 / 1e9)).unwrap_or_else(|| "-".into())
+            );
+        }
     }
     if !r.targets.is_empty() {
         println!("targets:");

@@ -9,20 +9,19 @@
 //!
 //! The table comes in as [`TableRowsMut`], so optimizers see `&mut [f32]`
 //! rows whatever the table's dtype: a half-precision row is widened into a
-//! scratch slot of its own when taken, and after every update has returned
-//! the slots are written back with stochastic rounding
+//! scratch slot of its own when taken, and as soon as its update has
+//! returned the slot is written back with stochastic rounding
 //! ([`crate::model::half_rows`]), keyed by (seed, step, row) so the result
-//! does not depend on the thread count.
+//! does not depend on the thread count. Written back in the same pass, each
+//! row is reached once per step, while its cache lines and TLB entry are hot.
 
 use std::marker::PhantomData;
-
-use half::{bf16, f16};
-use rayon::prelude::*;
 
 use crate::mem::prefetch;
 use crate::model::half_rows::{load_row, store_row};
 use crate::model::{EmbeddingTable, RoundingKey, RowValue, RowsForUpdate, SparseGrad};
 use crate::par::for_each_claimed;
+use half::{bf16, f16};
 
 /// Rows per task of the lazy update: large enough to amortise claiming a
 /// task, small enough (~10–20 µs) that a thread joining late waits little.
@@ -98,9 +97,13 @@ pub trait RowArrays: Sync {
     /// from the same value of `Self` (the rows returned live as long as the
     /// borrow); `k` is the row's position in the gradient given to `prepare`.
     unsafe fn take(&self, row: usize, k: usize) -> Self::Row;
-    /// Called once after every update has returned (writes back rows that
-    /// were handed out as copies).
-    fn finish(&mut self, _grad: &SparseGrad) {}
+    /// Called on the thread that took `row` (as `k`), right after its update
+    /// returned: writes back a row that was handed out as a copy.
+    ///
+    /// # Safety
+    /// At most once per taken row, after the update given that row returned.
+    #[inline(always)]
+    unsafe fn release(&self, _row: usize, _k: usize) {}
 }
 
 impl<'a, T: Send> RowArrays for RowsMut<'a, T> {
@@ -157,9 +160,11 @@ impl<A: RowArrays> RowArrays for Option<A> {
         // SAFETY: forwarded: the caller upholds `take`'s contract.
         self.as_ref().map(|a| unsafe { a.take(row, k) })
     }
-    fn finish(&mut self, grad: &SparseGrad) {
+    #[inline(always)]
+    unsafe fn release(&self, row: usize, k: usize) {
         if let Some(a) = self {
-            a.finish(grad);
+            // SAFETY: forwarded: the caller upholds `release`'s contract.
+            unsafe { a.release(row, k) }
         }
     }
 }
@@ -197,9 +202,11 @@ macro_rules! tuple_row_arrays {
                 // SAFETY: forwarded to every part: the caller upholds `take`'s contract.
                 unsafe { ($($a.take(row, k),)+) }
             }
-            fn finish(&mut self, grad: &SparseGrad) {
+            #[inline(always)]
+            unsafe fn release(&self, row: usize, k: usize) {
                 let ($($a,)+) = self;
-                $($a.finish(grad);)+
+                // SAFETY: forwarded to every part: the caller upholds `release`'s contract.
+                unsafe { $($a.release(row, k);)+ }
             }
         }
     };
@@ -248,9 +255,10 @@ pub fn for_each_grad_row<A: RowArrays>(grad: &SparseGrad, mut arrays: A, update:
             // the row's position in the gradient `prepare` saw, and `arrays`
             // was moved into this call, so no other call takes from it.
             update(unsafe { shared.take(row as usize, first + k) }, g);
+            // SAFETY: the row was taken just above, once, and its update has returned.
+            unsafe { shared.release(row as usize, first + k) };
         }
     });
-    arrays.finish(grad);
 }
 
 /// The table's rows for [`for_each_grad_row`], handed to the update as
@@ -302,14 +310,16 @@ impl<'a> RowArrays for TableRowsMut<'a> {
         // SAFETY: forwarded: the caller upholds `take`'s contract.
         each_table_kind!(self, |r| unsafe { r.take(row, k) })
     }
-    fn finish(&mut self, grad: &SparseGrad) {
-        each_table_kind!(self, |r| r.finish(grad))
+    #[inline(always)]
+    unsafe fn release(&self, row: usize, k: usize) {
+        // SAFETY: forwarded: the caller upholds `release`'s contract.
+        each_table_kind!(self, |r| unsafe { r.release(row, k) })
     }
 }
 
 /// Half-precision rows handed out as f32 copies: `take` widens row `row`
 /// into scratch slot `k` (the row's position in the gradient, so every row
-/// has its own slot), and `finish` rounds every slot back into its row.
+/// has its own slot), and `release` rounds the slot back into its row.
 pub struct HalfRowsMut<'a, H> {
     rows: RowsMut<'a, H>,
     scratch: &'a mut Vec<f32>,
@@ -320,7 +330,7 @@ pub struct HalfRowsMut<'a, H> {
 
 // SAFETY: the rows are a RowsMut (see its impls); the slots are disjoint
 // per gradient row, each handed out once by `take`, and read only by
-// `finish`, which runs after every update has returned.
+// `release`, after that row's update has returned.
 unsafe impl<H: Send> Send for HalfRowsMut<'_, H> {}
 // SAFETY: as above.
 unsafe impl<H: Send> Sync for HalfRowsMut<'_, H> {}
@@ -362,23 +372,18 @@ impl<'a, H: RowValue> RowArrays for HalfRowsMut<'a, H> {
             slot
         }
     }
-    fn finish(&mut self, grad: &SparseGrad) {
+    #[inline(always)]
+    unsafe fn release(&self, row: usize, k: usize) {
         let width = self.rows.width;
-        let (key, rows, this) = (self.key, grad.rows(), &*self);
-        // SAFETY: every update has returned and none can run again (the
-        // closure is borrowed by for_each_grad_row, which is still running
-        // and spawned no detached work), so nothing writes the slots while
-        // they are read here.
-        let slots = unsafe { std::slice::from_raw_parts(this.slots, rows.len() * width) };
-        rows.par_chunks(ROWS_PER_TASK).zip(slots.par_chunks(ROWS_PER_TASK * width)).for_each(|(rows, slots)| {
-            for (&row, slot) in rows.iter().zip(slots.chunks_exact(width)) {
-                // SAFETY: the gradient's rows are unique and in range
-                // (checked by for_each_grad_row), and `take` only read
-                // the table's rows, so each is taken mutably once, here.
-                let dst = unsafe { this.rows.take(row as usize, 0) };
-                store_row(dst, slot, &mut key.row_bits(row as usize));
-            }
-        });
+        // SAFETY: `take` handed out slot k for `row` (the caller's contract),
+        // and that row's update has returned, so nothing else reads or writes
+        // the slot now (for_each_grad_row lends the update its row only for
+        // the call, on this thread). The table row is in range and, rows being
+        // unique, reached by this thread alone; `take` only read it.
+        unsafe {
+            let slot = std::slice::from_raw_parts(self.slots.add(k * width), width);
+            store_row(self.rows.take(row, 0), slot, &mut self.key.row_bits(row));
+        }
     }
 }
 
