@@ -491,7 +491,7 @@ fn huge_pages_for(config: &Config, train_ids: &[u32], rows: usize) -> (bool, f64
     let mut seen = super::rowset::RowSet::new(rows);
     seen.insert(train_ids);
     let touched = seen.len(rows);
-    let pages = (rows as f64 * config.model.dim as f64 * 4.0 / 4096.0).max(1.0);
+    let pages = (rows as f64 * config.model.dim as f64 * config.model.table_dtype.size() as f64 / 4096.0).max(1.0);
     let share = 1.0 - (-(touched as f64) / pages).exp();
     let on = match config.memory.huge_pages {
         crate::config::HugePages::On => true,
