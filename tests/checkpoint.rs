@@ -63,6 +63,28 @@ fn resuming_from_a_delta_chain_is_bit_identical_and_checkpointing_does_not_chang
         assert!(restored(&all_bases) == want, "{extra:?}: training changed with max_chain/background");
         assert_eq!(bases.checkpoint.deltas, 0);
 
+        // A background checkpoint copies its rows first; a foreground one picks
+        // them from the live table while writing: the same bytes, link by link.
+        let foreground = tmp.path().join("foreground");
+        let mut c = config.clone();
+        c.checkpoint.background = false;
+        train_in(&foreground, &c, None);
+        let links = |dir: &Path| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(checkpoint::checkpoints_dir(dir))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("step-"))
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(links(&foreground), links(&whole));
+        for name in links(&whole) {
+            let file = |dir: &Path| std::fs::read(checkpoint::checkpoints_dir(dir).join(&name).join("rows.safetensors")).unwrap();
+            assert!(file(&foreground) == file(&whole), "{extra:?}: {name}'s rows differ between a background (copied) and a foreground (picked) write");
+        }
+
         let lazy = !extra[0].ends_with("dense_adam");
         let latest = Checkpoint::open_latest(&whole).unwrap();
         if lazy {
