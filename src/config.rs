@@ -552,6 +552,18 @@ impl Config {
         Ok(())
     }
 
+    /// Gives one run of several (an A/B arm's seed, a sweep trial) a table
+    /// file of its own, `<stem>-<run>.<ext>` beside `model.table_path`: a table
+    /// file belongs to one run, and a second run would be refused it (or, run
+    /// at the same time, would need it too). Memory storage is unchanged.
+    pub fn give_own_table_file(&mut self, run: &str) {
+        if let (TableStorage::Mmap, Some(path)) = (self.model.table_storage, &self.model.table_path) {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+            self.model.table_path = Some(path.with_file_name(format!("{stem}-{run}{ext}")));
+        }
+    }
+
     /// The config as TOML, as saved in the run directory.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises to TOML")

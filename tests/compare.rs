@@ -331,6 +331,23 @@ set = { "optimizer.table.lr" = 1e39 }
 
 #[cfg(unix)]
 #[test]
+fn arms_of_a_disk_backed_table_each_train_in_a_file_of_their_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let arms = "[[compare.arms]]\nname = \"lazy\"\n[[compare.arms]]\nname = \"adagrad\"\nset = { \"optimizer.table.kind\" = \"rowwise_adagrad\", \"optimizer.table.lr\" = 0.2 }\n";
+    let table = tmp.path().join("t.bin");
+    let extra = format!("[model]\ntable_storage = \"mmap\"\ntable_path = {:?}\n[vocab]\nbuckets = 20000\n", table.display().to_string());
+    let cfg = write_compare(tmp.path(), "mapped", "[1]", arms, &extra, 1);
+    // Two at a time, too: neither run may take the other's file.
+    let out = sparseburn(&["compare", cfg.to_str().unwrap(), "--jobs", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for run in ["lazy-seed-1", "adagrad-seed-1"] {
+        let file = tmp.path().join(format!("t-{run}.bin"));
+        assert!(std::fs::metadata(&file).is_ok_and(|m| m.len() > 0), "{} missing:\n{}", file.display(), text(&out));
+    }
+    assert!(!table.exists(), "the configured path itself is only the pattern");
+}
+
+#[test]
 fn crashing_run_is_isolated_in_its_process() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
@@ -426,6 +443,13 @@ fn overrides_layer_onto_the_base_and_each_run_gets_its_arm_and_seed() {
             assert!(c.logging.quiet);
         }
     }
+    // A disk-backed table gives every run its own file beside the configured one.
+    let table = tmp.path().join("tables/t.bin");
+    let storage = ["model.table_storage=\"mmap\"".to_string(), format!("model.table_path={:?}", table.display().to_string())];
+    let mapped = compare::plan(&cfg, &storage).unwrap();
+    let paths: Vec<PathBuf> = mapped.arms.iter().flat_map(|a| a.configs.iter().map(|c| c.model.table_path.clone().unwrap())).collect();
+    assert_eq!(paths, ["lazy-seed-1", "lazy-seed-2", "dense-seed-1", "dense-seed-2"].map(|run| tmp.path().join(format!("tables/t-{run}.bin"))).to_vec());
+    assert!(plan.arms.iter().all(|a| a.configs.iter().all(|c| c.model.table_path.is_none())), "memory storage keeps no table file");
     // --set applies to the base; the arm's own set wins over it.
     assert_eq!(plan.arms[0].configs[0].optimizer.table.lr(), 0.2);
     assert_eq!(plan.arms[1].configs[0].optimizer.table.lr(), 0.01);

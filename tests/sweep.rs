@@ -87,6 +87,13 @@ model.pooling = ["mean", "sum"]"#,
     // Planning again gives the same list.
     let again: Vec<_> = plan(&path).unwrap().trials.into_iter().map(|t| t.config).collect();
     assert_eq!(again, p.trials.iter().map(|t| t.config.clone()).collect::<Vec<_>>());
+    // A disk-backed table: each trial gets its own file beside the configured one.
+    let table = tmp.path().join("t.bin");
+    let storage = ["model.table_storage=\"mmap\"".to_string(), format!("model.table_path={:?}", table.display().to_string())];
+    let mapped = sweep::plan(&path, &storage, &[], Some(Parallel::Jobs(1))).unwrap();
+    for t in &mapped.trials {
+        assert_eq!(t.config.model.table_path, Some(tmp.path().join(format!("t-{}.bin", t.name))));
+    }
 }
 
 #[test]

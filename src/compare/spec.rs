@@ -245,8 +245,14 @@ pub fn plan(path: &Path, overrides: &[String]) -> anyhow::Result<Plan> {
         arms.push(Arm { name: arm.name.clone(), set: set.into_iter().collect(), configs });
     }
 
-    let plan = Plan { source: path.to_path_buf(), dir: arms[0].configs[0].logging.dir.join(&name), name, base, seeds: section.seeds.clone(), baseline, confidence, arms };
+    let mut plan = Plan { source: path.to_path_buf(), dir: arms[0].configs[0].logging.dir.join(&name), name, base, seeds: section.seeds.clone(), baseline, confidence, arms };
     check_only_optimizer_differs(&plan)?;
+    // A disk-backed table: every run gets its own file (the arms share everything else).
+    for arm in &mut plan.arms {
+        for (config, seed) in arm.configs.iter_mut().zip(&plan.seeds) {
+            config.give_own_table_file(&format!("{}-seed-{seed}", arm.name));
+        }
+    }
     Ok(plan)
 }
 

@@ -318,7 +318,9 @@ pub fn plan(path: &Path, overrides: &[String], grid: &[String], parallel: Option
         }
         set_path(&mut t, "experiment.arm", toml::Value::String(name.clone()), &source)?;
         let set: Vec<String> = params.iter().zip(&values).map(|(p, v)| format!("{} = {}", p.key, label(v))).collect();
-        let config = resolve(&t, &format!("{source} ({name}: {})", set.join(", ")))?;
+        let mut config = resolve(&t, &format!("{source} ({name}: {})", set.join(", ")))?;
+        // A disk-backed table: every trial gets its own file (trials may run at the same time).
+        config.give_own_table_file(&name);
         trials.push(Trial { name, values, config });
     }
 
