@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -96,26 +98,36 @@ pub fn write_safetensors_to(w: &mut impl Write, tensors: &[TensorOut<'_>], metad
     header.resize(header.len().next_multiple_of(8), b' ');
     w.write_all(&(header.len() as u64).to_le_bytes())?;
     w.write_all(&header)?;
-    let mut buffer = Vec::new();
     for t in tensors {
         match t.rows {
             None => w.write_all(t.bytes)?,
             Some(RowPick { ids, row_bytes }) => {
+                if let Some(&r) = ids.iter().max().filter(|&&r| (r as usize + 1) * row_bytes > t.bytes.len()) {
+                    return Err(std::io::Error::other(format!("tensor {}: row {r} is past its {} bytes", t.name, t.bytes.len())));
+                }
                 // Gathered a chunk at a time: large writes keep the hash on its fast path.
                 for chunk in ids.chunks((PICK_CHUNK_BYTES / row_bytes.max(1)).max(1)) {
-                    buffer.clear();
-                    for &r in chunk {
-                        let at = r as usize * row_bytes;
-                        let row =
-                            t.bytes.get(at..at + row_bytes).ok_or_else(|| std::io::Error::other(format!("tensor {}: row {r} is past its {} bytes", t.name, t.bytes.len())))?;
-                        buffer.extend_from_slice(row);
-                    }
-                    w.write_all(&buffer)?;
+                    w.write_all(&gather_rows(t.bytes, row_bytes, chunk))?;
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Rows `ids` of a row-major byte array with rows of `row_size` bytes, copied in parallel.
+pub fn gather_rows(bytes: &[u8], row_size: usize, ids: &[u32]) -> Vec<u8> {
+    let mut out = vec![0u8; ids.len() * row_size];
+    if row_size == 0 {
+        return out;
+    }
+    out.par_chunks_mut(row_size * 256).enumerate().for_each(|(c, chunk)| {
+        for (k, row) in chunk.chunks_mut(row_size).enumerate() {
+            let r = ids[c * 256 + k] as usize;
+            row.copy_from_slice(&bytes[r * row_size..(r + 1) * row_size]);
+        }
+    });
+    out
 }
 
 /// Bytes of picked rows gathered per write (see [`RowPick`]).

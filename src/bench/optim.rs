@@ -453,15 +453,14 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
             Some(f) => f.place(&format!("{rows}.table"), (rows * dim * args.table_dtype.size()) as u64, || EmbeddingTable::lazy(recipe))?,
             None => EmbeddingTable::eager(recipe),
         };
+        let table_init_s = t.elapsed().as_secs_f64();
         log::info!(
-            "{rows} rows × {dim} {}: table {:.2} GB {} in {:.2} s",
+            "{rows} rows × {dim} {}: table {:.2} GB {} in {table_init_s:.2} s",
             args.table_dtype.name(),
             table.bytes() as f64 / 1e9,
             if mapped { "mapped" } else { "initialised" },
-            t.elapsed().as_secs_f64()
         );
-        let table_init_s = t.elapsed().as_secs_f64();
-        let table_thp = thp.zip(ThpSnapshot::now()).map(|(before, after)| after.since(&before));
+        let table_thp = ThpSnapshot::gained_since(thp);
         if let Some(d) = table_thp {
             log::info!(
                 "  huge pages: {:.2} of {:.2} GB ({:.0}%); system-wide meanwhile {} huge-page faults, {} fallbacks to 4 KiB, {} compaction stalls",
@@ -502,7 +501,7 @@ fn bench(args: &OptimArgs) -> anyhow::Result<(OptimReport, Option<BenchFiles>)> 
                 None => config.init(size.rows, dim),
             });
             init_s.push(t.elapsed().as_secs_f64());
-            state_thp.push(thp.zip(ThpSnapshot::now()).map(|(before, after)| after.since(&before)));
+            state_thp.push(ThpSnapshot::gained_since(thp));
         }
         let dense = optimizers.first().is_some_and(|o| !o.updates_only_grad_rows());
         let timed = if dense { args.dense_steps.unwrap_or(args.steps).max(1) } else { args.steps };

@@ -34,6 +34,11 @@ impl ThpSnapshot {
         })
     }
 
+    /// What changed since `before` (taken with [`ThpSnapshot::now`]), if both can be read.
+    pub fn gained_since(before: Option<ThpSnapshot>) -> Option<ThpSnapshot> {
+        before.zip(ThpSnapshot::now()).map(|(before, after)| after.since(&before))
+    }
+
     /// What changed from `earlier` to `self` (counters never go back; a
     /// shrinking backing counts as 0 gained).
     pub fn since(&self, earlier: &ThpSnapshot) -> ThpSnapshot {

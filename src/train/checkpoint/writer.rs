@@ -10,7 +10,6 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use rayon::prelude::*;
 use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +18,7 @@ use super::manifest::{LinkKind, Manifest, CHECKPOINT_FORMAT_VERSION, HEAD_FILE, 
 use super::{checkpoints_dir, folder_name, TrainerState};
 use crate::config::CheckpointConfig;
 use crate::durable;
-use crate::io::{table_tensor_dtype, write_safetensors_to, HashingWriter, RowPick, TensorOut};
+use crate::io::{gather_rows, table_tensor_dtype, write_safetensors_to, HashingWriter, RowPick, TensorOut};
 use crate::model::{EmbeddingTable, HeadWeights, TableRecipe};
 use crate::optim::TableOptimizer;
 use crate::train::resident::ResidentRows;
@@ -280,7 +279,11 @@ impl Checkpointer {
             name,
             dtype,
             shape: vec![stored, width],
-            bytes: if copy { Cow::Owned(gather(bytes, row_size, ids.as_deref())) } else { Cow::Borrowed(bytes) },
+            bytes: match (copy, ids.as_deref()) {
+                (true, Some(ids)) => Cow::Owned(gather_rows(bytes, row_size, ids)),
+                (true, None) => Cow::Owned(bytes.to_vec()),
+                (false, _) => Cow::Borrowed(bytes),
+            },
             picked_row_bytes: (!copy && ids.is_some()).then_some(row_size),
         };
         // Rows in the table's own dtype: a half table's checkpoint is half the bytes.
@@ -320,22 +323,6 @@ impl Checkpointer {
         let picked = if copy { None } else { ids };
         Ok(Snapshot { name, picked, rows: tensors, head: head_tensors, head_record, trainer: state.clone(), manifest })
     }
-}
-
-/// The rows `ids` of a row-major byte array (every row when `None`), copied in parallel.
-fn gather(bytes: &[u8], row_size: usize, ids: Option<&[u32]>) -> Vec<u8> {
-    let Some(ids) = ids else { return bytes.to_vec() };
-    let mut out = vec![0u8; ids.len() * row_size];
-    if row_size == 0 {
-        return out;
-    }
-    out.par_chunks_mut(row_size * 256).enumerate().for_each(|(c, chunk)| {
-        for (k, row) in chunk.chunks_mut(row_size).enumerate() {
-            let r = ids[c * 256 + k] as usize;
-            row.copy_from_slice(&bytes[r * row_size..(r + 1) * row_size]);
-        }
-    });
-    out
 }
 
 /// One tensor of a snapshot: its bytes copied, or borrowed from the live

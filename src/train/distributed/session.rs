@@ -149,8 +149,7 @@ impl Distributed {
     /// This rank's share of a global batch: examples `[r·n/W, (r+1)·n/W)`.
     pub fn local_batch<'a>(&self, batch: &'a Batch) -> Cow<'a, Batch> {
         let Some(comm) = &self.comm else { return Cow::Borrowed(batch) };
-        let (r, w, n) = (comm.rank(), comm.size(), batch.len());
-        let (a, b) = (r * n / w, (r + 1) * n / w);
+        let std::ops::Range { start: a, end: b } = share_of(comm.rank(), comm.size(), batch.len());
         let (from, to) = (batch.offsets[a], batch.offsets[b]);
         Cow::Owned(Batch {
             ids: batch.ids[from..to].to_vec(),
@@ -306,9 +305,8 @@ impl Distributed {
         }
         let comm = self.comm.clone().context("row_sharded needs a group")?;
         let (rank, w, n) = (comm.rank(), comm.size(), test.len());
-        let share = |r: usize| r * n / w..(r + 1) * n / w;
-        let rounds = (0..w).map(|r| share(r).len().div_ceil(EVAL_CHUNK)).max().unwrap_or(0);
-        let mine = share(rank);
+        let rounds = (0..w).map(|r| share_of(r, w, n).len().div_ceil(EVAL_CHUNK)).max().unwrap_or(0);
+        let mine = share_of(rank, w, n);
         let mut scores: Vec<ExampleScore> = Vec::with_capacity(mine.len());
         for round in 0..rounds {
             // Every rank takes part in every round's fetch (to serve the others), its own chunk empty or not.
@@ -378,6 +376,11 @@ impl Distributed {
     pub fn finish(&self) -> anyhow::Result<()> {
         self.comm.as_ref().map_or(Ok(()), |c| c.barrier())
     }
+}
+
+/// Rank `rank`'s contiguous share of `n` examples split over `w` ranks.
+fn share_of(rank: usize, w: usize, n: usize) -> std::ops::Range<usize> {
+    rank * n / w..(rank + 1) * n / w
 }
 
 /// Test examples a row-sharded rank scores per round: their rows, and the
