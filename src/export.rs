@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::data::{Split, TokenizerConfig, Vocab, VocabConfig};
-use crate::io::{sha256_file, write_atomic, write_safetensors, TensorOut};
+use crate::io::{sha256_file, table_tensor_dtype, write_atomic, write_safetensors_to, TensorData, TensorOut};
 use crate::model::{DenseLayer, Pooling, TableDtype};
 use crate::staging::StagingDir;
 use crate::train::{checkpoint, run_dir};
@@ -440,15 +440,18 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
         None => checkpoint::latest(run_dir)?,
     };
     let ckpt = checkpoint::Checkpoint::open(&ckpt_dir)?;
-    // A row-sharded run's table is put together from every rank's shard.
-    let (table, head) = crate::distributed::model_of_run(run_dir, &ckpt)?;
+    // Streamed, a range of rows at a time: a row-sharded run's rows come from
+    // every rank's shard, and no copy of the table is held.
+    let table = crate::distributed::table_of_run(run_dir, &ckpt)?;
+    let recipe = table.recipe();
+    let head = ckpt.head()?;
 
     let rows = vocab.len() + config.vocab.buckets as usize;
-    if table.rows() != rows {
-        bail!("{}: table has {} rows, but vocabulary {} + buckets {} = {rows}", ckpt_dir.display(), table.rows(), vocab.len(), config.vocab.buckets);
+    if recipe.rows != rows {
+        bail!("{}: table has {} rows, but vocabulary {} + buckets {} = {rows}", ckpt_dir.display(), recipe.rows, vocab.len(), config.vocab.buckets);
     }
-    if table.dim() != config.model.dim || head.input_dim() != table.dim() {
-        bail!("{}: table dim {}, head input {}, config model.dim {} disagree", ckpt_dir.display(), table.dim(), head.input_dim(), config.model.dim);
+    if recipe.dim != config.model.dim || head.input_dim() != recipe.dim {
+        bail!("{}: table dim {}, head input {}, config model.dim {} disagree", ckpt_dir.display(), recipe.dim, head.input_dim(), config.model.dim);
     }
     if head.classes() != labels.len() {
         bail!("{}: head has {} outputs but {} has {} labels", ckpt_dir.display(), head.classes(), run_dir.join(run_dir::LABELS_FILE).display(), labels.len());
@@ -462,16 +465,16 @@ fn stage(run_dir: &Path, parent: &Path, options: &ExportOptions) -> anyhow::Resu
     let staging = StagingDir::new(parent, STAGING_PREFIX)?;
     let dir = staging.path();
 
-    let mut tensors = vec![TensorOut::table("table", vec![table.rows(), table.dim()], table.view())];
-    let table_dtype = table.dtype();
+    let stream = table.stream();
+    let table_dtype = recipe.dtype;
+    let mut tensors = vec![TensorOut { name: "table".into(), dtype: table_tensor_dtype(table_dtype), shape: vec![rows, recipe.dim], data: TensorData::Streamed(&stream) }];
     for (i, l) in head.layers.iter().enumerate() {
         tensors.push(TensorOut::f32(DenseLayer::weight_name(i), l.weight_shape(), &l.weight));
         tensors.push(TensorOut::f32(DenseLayer::bias_name(i), l.bias_shape(), &l.bias));
     }
     let meta = HashMap::from([("format".to_string(), "sparseburn-bundle".to_string()), ("format_version".to_string(), FORMAT_VERSION.to_string())]);
-    write_safetensors(&dir.join(MODEL_FILE), &tensors, meta)?;
+    write_atomic(&dir.join(MODEL_FILE), |w| write_safetensors_to(w, &tensors, &meta))?;
     drop(tensors);
-    drop(table);
     write_atomic(&dir.join(VOCAB_FILE), |w| vocab.write(w))?;
 
     let mut files = BTreeMap::new();

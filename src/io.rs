@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use sha2::{Digest, Sha256};
 
@@ -99,20 +99,44 @@ pub fn write_safetensors_to(w: &mut impl Write, tensors: &[TensorOut<'_>], metad
     w.write_all(&(header.len() as u64).to_le_bytes())?;
     w.write_all(&header)?;
     for t in tensors {
-        match t.rows {
-            None => w.write_all(t.bytes)?,
-            Some(RowPick { ids, row_bytes }) => {
-                if let Some(&r) = ids.iter().max().filter(|&&r| (r as usize + 1) * row_bytes > t.bytes.len()) {
-                    return Err(std::io::Error::other(format!("tensor {}: row {r} is past its {} bytes", t.name, t.bytes.len())));
+        match t.data {
+            TensorData::Bytes(bytes) => w.write_all(bytes)?,
+            TensorData::Picked(bytes, RowPick { ids, row_bytes }) => {
+                if let Some(&r) = ids.iter().max().filter(|&&r| (r as usize + 1) * row_bytes > bytes.len()) {
+                    return Err(std::io::Error::other(format!("tensor {}: row {r} is past its {} bytes", t.name, bytes.len())));
                 }
                 // Gathered a chunk at a time: large writes keep the hash on its fast path.
                 for chunk in ids.chunks((PICK_CHUNK_BYTES / row_bytes.max(1)).max(1)) {
-                    w.write_all(&gather_rows(t.bytes, row_bytes, chunk))?;
+                    w.write_all(&gather_rows(bytes, row_bytes, chunk))?;
+                }
+            }
+            TensorData::Streamed(stream) => {
+                let mut counted = CountingWriter { inner: &mut *w, written: 0 };
+                stream.write_to(&mut counted)?;
+                if counted.written != stream.len() {
+                    return Err(std::io::Error::other(format!("tensor {}: wrote {} bytes, its header says {}", t.name, counted.written, stream.len())));
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Counts what passes through, to check a stream against its announced length.
+struct CountingWriter<W> {
+    inner: W,
+    written: usize,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Rows `ids` of a row-major byte array with rows of `row_size` bytes, copied in parallel.
@@ -142,20 +166,43 @@ pub struct RowPick<'a> {
     pub row_bytes: usize,
 }
 
+/// A tensor's bytes produced while it is written: for a tensor too large to
+/// hold in memory at once (a whole table put together for export).
+pub trait TensorStream: Sync {
+    /// Bytes it writes (the header announces them first).
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn write_to(&self, w: &mut dyn Write) -> std::io::Result<()>;
+}
+
+/// Where a tensor's bytes come from.
+#[derive(Clone, Copy)]
+pub enum TensorData<'a> {
+    /// All of these bytes.
+    Bytes(&'a [u8]),
+    /// Only some rows of these bytes, in the pick's order.
+    Picked(&'a [u8], RowPick<'a>),
+    Streamed(&'a dyn TensorStream),
+}
+
 /// One tensor to write: little-endian bytes with dtype and shape.
 pub struct TensorOut<'a> {
     pub name: String,
     pub dtype: Dtype,
     pub shape: Vec<usize>,
-    pub bytes: &'a [u8],
-    /// Only these rows of `bytes`, in this order (None: all of `bytes`).
-    pub rows: Option<RowPick<'a>>,
+    pub data: TensorData<'a>,
 }
 
 impl<'a> TensorOut<'a> {
     /// Bytes the tensor takes in the file.
     pub fn len(&self) -> usize {
-        self.rows.map_or(self.bytes.len(), |p| p.ids.len() * p.row_bytes)
+        match self.data {
+            TensorData::Bytes(bytes) => bytes.len(),
+            TensorData::Picked(_, p) => p.ids.len() * p.row_bytes,
+            TensorData::Streamed(s) => s.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,43 +210,28 @@ impl<'a> TensorOut<'a> {
     }
 
     pub fn u32(name: impl Into<String>, shape: Vec<usize>, values: &'a [u32]) -> Self {
-        TensorOut { name: name.into(), dtype: Dtype::U32, shape, bytes: bytemuck::cast_slice(values), rows: None }
+        TensorOut { name: name.into(), dtype: Dtype::U32, shape, data: TensorData::Bytes(bytemuck::cast_slice(values)) }
     }
 
     pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &'a [f32]) -> Self {
-        TensorOut { name: name.into(), dtype: Dtype::F32, shape, bytes: bytemuck::cast_slice(values), rows: None }
-    }
-
-    /// The table's rows `[rows, dim]` in their dtype (F32, BF16 or F16).
-    pub fn table(name: impl Into<String>, shape: Vec<usize>, rows: crate::model::TableView<'a>) -> Self {
-        TensorOut { name: name.into(), dtype: table_tensor_dtype(rows.dtype()), shape, bytes: rows.as_bytes(), rows: None }
+        TensorOut { name: name.into(), dtype: Dtype::F32, shape, data: TensorData::Bytes(bytemuck::cast_slice(values)) }
     }
 
     /// A 1-D tensor from optimizer state.
     pub fn state(name: impl Into<String>, data: StateData<'a>) -> Self {
-        let (dtype, bytes): (Dtype, &[u8]) = match data {
-            StateData::F32(x) => (Dtype::F32, bytemuck::cast_slice(x)),
-            StateData::U32(x) => (Dtype::U32, bytemuck::cast_slice(x)),
-            StateData::F64(x) => (Dtype::F64, bytemuck::cast_slice(x)),
-            StateData::U64(x) => (Dtype::U64, bytemuck::cast_slice(x)),
-        };
-        TensorOut { name: name.into(), dtype, shape: vec![data.len()], bytes, rows: None }
+        let (dtype, bytes) = state_bytes(data);
+        TensorOut { name: name.into(), dtype, shape: vec![data.len()], data: TensorData::Bytes(bytes) }
     }
 }
 
-/// Writes a safetensors file atomically (temp file + rename).
-pub fn write_safetensors(path: &Path, tensors: &[TensorOut<'_>], metadata: HashMap<String, String>) -> anyhow::Result<()> {
-    let views = tensors
-        .iter()
-        .map(|t| Ok((t.name.clone(), TensorView::new(t.dtype, t.shape.clone(), t.bytes)?)))
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-        .with_context(|| format!("preparing {}", path.display()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    safetensors::serialize_to_file(views, &Some(metadata), tmp.path()).with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file().sync_all().with_context(|| format!("syncing {}", path.display()))?;
-    tmp.persist(path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+/// Optimizer state as a safetensors dtype and its little-endian bytes.
+pub fn state_bytes(data: StateData<'_>) -> (Dtype, &[u8]) {
+    match data {
+        StateData::F32(x) => (Dtype::F32, bytemuck::cast_slice(x)),
+        StateData::U32(x) => (Dtype::U32, bytemuck::cast_slice(x)),
+        StateData::F64(x) => (Dtype::F64, bytemuck::cast_slice(x)),
+        StateData::U64(x) => (Dtype::U64, bytemuck::cast_slice(x)),
+    }
 }
 
 /// A safetensors file, memory-mapped: opening a multi-GB table is instant and
@@ -236,6 +268,19 @@ impl SafetensorsFile {
         let data = t.data();
         let start = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
         Ok((&self.mmap[start..start + data.len()], t.shape().to_vec()))
+    }
+
+    /// Drops the pages of `bytes` (a slice of this file's tensors) from the
+    /// process's memory once read: a table streamed through in order then
+    /// costs resident memory for the part being read, not for the file.
+    pub fn release(&self, bytes: &[u8]) {
+        let start = bytes.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        debug_assert!(start + bytes.len() <= self.mmap.len(), "release of bytes outside the file");
+        // SAFETY: the mapping is read-only and its file is never modified in
+        // place (we replace files by rename), so dropping pages only makes a
+        // later read fetch the same bytes from the file again; no slice can
+        // observe a change. A failed advice only leaves the pages resident.
+        let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, bytes.len()) };
     }
 
     /// Whether the file holds tensor `name`.

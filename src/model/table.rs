@@ -451,24 +451,32 @@ impl EmbeddingTable {
     /// to f32; a half-precision row is written back with stochastic rounding
     /// keyed like an update (see [`EmbeddingTable::for_update`]).
     pub fn update_all_rows(&mut self, f: impl Fn(usize, &mut [f32]) + Sync) {
+        self.update_rows_numbered_from(0, f);
+    }
+
+    /// [`EmbeddingTable::update_all_rows`] for a table that holds rows
+    /// `first..` of a larger one (a range being exported): half rows are
+    /// rounded with the bits of their row number in the larger table, so the
+    /// result equals that table's own update. `f` gets the local row.
+    pub fn update_rows_numbered_from(&mut self, first: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
         let dim = self.dim;
         let key = RoundingKey { seed: self.seed, step: self.update_step };
         self.update_step += 1;
         match &mut self.data {
             TableData::F32(v) => v.par_chunks_mut(dim).enumerate().for_each(|(r, w)| f(r, w)),
-            TableData::Bf16(v) => update_half_rows(v, dim, key, &f),
-            TableData::F16(v) => update_half_rows(v, dim, key, &f),
+            TableData::Bf16(v) => update_half_rows(v, dim, first, key, &f),
+            TableData::F16(v) => update_half_rows(v, dim, first, key, &f),
         }
     }
 }
 
-fn update_half_rows<H: RowValue>(values: &mut [H], dim: usize, key: RoundingKey, f: &(impl Fn(usize, &mut [f32]) + Sync)) {
+fn update_half_rows<H: RowValue>(values: &mut [H], dim: usize, first: usize, key: RoundingKey, f: &(impl Fn(usize, &mut [f32]) + Sync)) {
     values.par_chunks_mut(dim).enumerate().for_each_init(
         || vec![0f32; dim],
         |tmp, (r, row)| {
             load_row(tmp, row);
             f(r, tmp);
-            store_row(row, tmp, &mut key.row_bits(r));
+            store_row(row, tmp, &mut key.row_bits(first + r));
         },
     );
 }

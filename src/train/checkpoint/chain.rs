@@ -96,6 +96,11 @@ impl Checkpoint {
         self.links[0].1.table
     }
 
+    /// Every link of the chain (its folder and manifest), base first.
+    pub(super) fn links(&self) -> &[(PathBuf, Manifest)] {
+        &self.links
+    }
+
     /// The step of every link, base first.
     pub fn chain_steps(&self) -> Vec<u64> {
         self.links.iter().map(|(_, m)| m.step).collect()
@@ -234,7 +239,7 @@ fn is_checkpoint_name(name: &str) -> bool {
 }
 
 /// A link's `ids`, checked: as many as the manifest says, ascending, in range.
-fn stored_ids(file: &SafetensorsFile, dir: &Path, m: &Manifest, rows: usize) -> anyhow::Result<Vec<u32>> {
+pub(super) fn stored_ids(file: &SafetensorsFile, dir: &Path, m: &Manifest, rows: usize) -> anyhow::Result<Vec<u32>> {
     let (ids, _) = file.u32("ids")?;
     let ok = ids.len() as u64 == m.rows_stored && ids.windows(2).all(|w| w[0] < w[1]) && ids.last().is_none_or(|&r| (r as usize) < rows);
     if !ok {

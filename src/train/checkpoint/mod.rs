@@ -30,6 +30,7 @@
 
 mod chain;
 mod manifest;
+mod table_source;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 pub use chain::{latest, Checkpoint};
 pub use manifest::{LinkKind, CHECKPOINT_FORMAT_VERSION};
+pub use table_source::{TableSource, TableStream};
 pub use writer::{CheckpointStats, Checkpointer};
 
 /// Where training stands: enough to continue exactly.

@@ -18,7 +18,7 @@ use super::manifest::{LinkKind, Manifest, CHECKPOINT_FORMAT_VERSION, HEAD_FILE, 
 use super::{checkpoints_dir, folder_name, TrainerState};
 use crate::config::CheckpointConfig;
 use crate::durable;
-use crate::io::{gather_rows, table_tensor_dtype, write_safetensors_to, HashingWriter, RowPick, TensorOut};
+use crate::io::{gather_rows, state_bytes, table_tensor_dtype, write_safetensors_to, HashingWriter, RowPick, TensorData, TensorOut};
 use crate::model::{EmbeddingTable, HeadWeights, TableRecipe};
 use crate::optim::TableOptimizer;
 use crate::train::resident::ResidentRows;
@@ -289,7 +289,7 @@ impl Checkpointer {
         // Rows in the table's own dtype: a half table's checkpoint is half the bytes.
         tensors.push(rows_of("table".into(), table_tensor_dtype(table.dtype()), dim, table.view().as_bytes(), table.row_bytes()));
         for (array, data) in arrays {
-            let TensorOut { dtype, bytes, .. } = TensorOut::state(array, data);
+            let (dtype, bytes) = state_bytes(data);
             if optimizer.per_row_state().contains(&array) {
                 if !data.len().is_multiple_of(rows.max(1)) {
                     bail!("optimizer state {array:?} has {} values, not a multiple of the table's {rows} rows", data.len());
@@ -379,8 +379,10 @@ impl Snapshot<'_> {
                 name: t.name.clone(),
                 dtype: t.dtype,
                 shape: t.shape.clone(),
-                bytes: &t.bytes,
-                rows: t.picked_row_bytes.zip(self.picked.as_deref()).map(|(row_bytes, ids)| RowPick { ids, row_bytes }),
+                data: match t.picked_row_bytes.zip(self.picked.as_deref()) {
+                    Some((row_bytes, ids)) => TensorData::Picked(&t.bytes, RowPick { ids, row_bytes }),
+                    None => TensorData::Bytes(&t.bytes),
+                },
             })
             .collect()
     }

@@ -43,7 +43,7 @@ mod session;
 mod threads;
 
 pub use collective::{Collective, Traffic, PEER_TIMEOUT};
-pub use model::model_of_run;
+pub use model::{model_of_run, table_of_run};
 #[cfg(feature = "mpi")]
 pub use mpi::MpiCollective;
 pub use rank_dirs::{Manifest, MANIFEST_FILE, RANKS_DIR};

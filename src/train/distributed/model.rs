@@ -1,6 +1,6 @@
 //! The trained model of a distributed run, for export and checks: a
-//! replicated run's rank 0 holds it all; a row-sharded run's table is put
-//! together rank by rank (at most two tables in memory, whatever `W`).
+//! replicated run's rank 0 holds it all; a row-sharded run's table is read
+//! from every rank's shard, a range of rows at a time ([`TableSource`]).
 
 use std::path::Path;
 
@@ -9,31 +9,32 @@ use anyhow::{bail, Context};
 use super::rank_dirs::{rank_dir, Manifest};
 use crate::config::DistributedMode;
 use crate::model::{EmbeddingTable, HeadWeights};
-use crate::train::checkpoint::{checkpoints_dir, Checkpoint};
+use crate::train::checkpoint::{checkpoints_dir, Checkpoint, TableSource};
 
-/// The weights of checkpoint `ckpt` of the run in `run_dir` (rank 0's
-/// directory): [`Checkpoint::model`], with a row-sharded run's rows taken
-/// from the rank that owns them, at the same step.
-pub fn model_of_run(run_dir: &Path, ckpt: &Checkpoint) -> anyhow::Result<(EmbeddingTable, HeadWeights)> {
-    let (mut table, head) = ckpt.model()?;
-    let Some(manifest) = Manifest::read(run_dir)? else { return Ok((table, head)) };
+/// The table of checkpoint `ckpt` of the run in `run_dir` (rank 0's
+/// directory): a row-sharded run's rows come from the rank that owns them,
+/// at the same step.
+pub fn table_of_run(run_dir: &Path, ckpt: &Checkpoint) -> anyhow::Result<TableSource> {
+    let mut source = TableSource::new(ckpt)?;
+    let Some(manifest) = Manifest::read(run_dir)? else { return Ok(source) };
     if manifest.mode != DistributedMode::RowSharded {
-        return Ok((table, head));
+        return Ok(source);
     }
     let step_dir = ckpt.dir.file_name().context("a checkpoint folder has a name")?;
-    let dim = table.dim();
     for rank in 1..manifest.world_size {
         let dir = checkpoints_dir(&rank_dir(run_dir, rank)).join(step_dir);
         let shard = Checkpoint::open(&dir).with_context(|| format!("rank {rank}'s shard of {} (row_sharded over {} ranks)", ckpt.dir.display(), manifest.world_size))?;
-        let Some(rows) = shard.stored_rows()? else {
+        if shard.stored_rows()?.is_none() {
             bail!("{}: stores every row, which a row-sharded rank never does", dir.display());
-        };
-        // Rows no rank stored keep their initial value (with any pending decay), the same in every rank's model.
-        let (shard_table, _) = shard.model()?;
-        for &id in &rows {
-            let id = id as usize;
-            table.as_mut_slice()[id * dim..(id + 1) * dim].copy_from_slice(shard_table.row(id));
         }
+        source.add_chain(&shard)?;
     }
-    Ok((table, head))
+    Ok(source)
+}
+
+/// The whole model of checkpoint `ckpt` of the run in `run_dir` in memory
+/// (for checks; export streams [`table_of_run`] instead).
+pub fn model_of_run(run_dir: &Path, ckpt: &Checkpoint) -> anyhow::Result<(EmbeddingTable, HeadWeights)> {
+    let table = table_of_run(run_dir, ckpt)?;
+    Ok((table.read(0..table.recipe().rows)?, ckpt.head()?))
 }
