@@ -34,7 +34,7 @@ impl Default for TableInit {
 /// keyed by `(seed, chunk)`, so values are independent of the thread count;
 /// one value is one 32-bit word of the stream, so any single row can also be
 /// generated alone by seeking to it (lazy materialisation gives the same bits).
-const INIT_CHUNK_ROWS: usize = 4096;
+pub const INIT_CHUNK_ROWS: usize = 4096;
 
 /// Normal rows each have their own stream (a normal sample takes a varying
 /// number of words, so a chunk's stream cannot be sought into), keyed by
@@ -214,16 +214,28 @@ impl EmbeddingTable {
 
     /// A table with every row of `recipe` initialised now (in parallel).
     pub fn eager(recipe: TableRecipe) -> Self {
-        let TableRecipe { rows, dim, .. } = recipe;
+        Self::eager_rows(recipe, 0..recipe.rows)
+    }
+
+    /// A table of rows `range` of the table `recipe` describes, each with its
+    /// initial value: [`EmbeddingTable::eager`]'s rows, generated as fast. A
+    /// range that does not start on a generation chunk (4096 rows) is
+    /// generated row by row ([`EmbeddingTable::from_recipe_rows`]).
+    pub fn eager_rows(recipe: TableRecipe, range: std::ops::Range<usize>) -> Self {
+        let dim = recipe.dim;
         assert!(dim > 0, "embedding dim must be positive");
-        let mut data = TableData::zeroed(recipe.dtype, rows * dim);
-        let chunk_len = INIT_CHUNK_ROWS * dim;
-        match &mut data {
-            TableData::F32(values) => values.par_chunks_mut(chunk_len).enumerate().for_each(|(chunk, values)| recipe.initial_chunk(chunk, values)),
-            TableData::Bf16(values) => round_chunks(&recipe, values),
-            TableData::F16(values) => round_chunks(&recipe, values),
+        assert!(range.start <= range.end && range.end <= recipe.rows, "rows {range:?} of a {}-row table", recipe.rows);
+        if !range.start.is_multiple_of(INIT_CHUNK_ROWS) {
+            return Self::from_recipe_rows(recipe, &(range.start as u32..range.end as u32).collect::<Vec<_>>());
         }
-        Self::with_data(rows, dim, data, None, recipe.seed)
+        let first_chunk = range.start / INIT_CHUNK_ROWS;
+        let mut data = TableData::zeroed(recipe.dtype, range.len() * dim);
+        match &mut data {
+            TableData::F32(values) => values.par_chunks_mut(INIT_CHUNK_ROWS * dim).enumerate().for_each(|(c, values)| recipe.initial_chunk(first_chunk + c, values)),
+            TableData::Bf16(values) => round_chunks(&recipe, first_chunk, values),
+            TableData::F16(values) => round_chunks(&recipe, first_chunk, values),
+        }
+        Self::with_data(range.len(), dim, data, None, recipe.seed)
     }
 
     fn with_data(rows: usize, dim: usize, data: TableData, lazy: Option<LazyRows>, seed: u64) -> Self {
@@ -495,10 +507,10 @@ fn initial_row_into<H: RowValue>(recipe: &TableRecipe, r: usize, out: &mut [H], 
 /// The eager table's rows in a half type: each chunk generated in f32 as for
 /// an f32 table, then rounded to nearest, so a half table's rows are exactly
 /// the f32 table's rows rounded.
-fn round_chunks<H: RowValue>(recipe: &TableRecipe, values: &mut [H]) {
-    values.par_chunks_mut(INIT_CHUNK_ROWS * recipe.dim).enumerate().for_each(|(chunk, values)| {
+fn round_chunks<H: RowValue>(recipe: &TableRecipe, first_chunk: usize, values: &mut [H]) {
+    values.par_chunks_mut(INIT_CHUNK_ROWS * recipe.dim).enumerate().for_each(|(c, values)| {
         let mut tmp = vec![0f32; values.len()];
-        recipe.initial_chunk(chunk, &mut tmp);
+        recipe.initial_chunk(first_chunk + c, &mut tmp);
         values.iter_mut().zip(&tmp).for_each(|(o, &x)| *o = H::round_nearest(x));
     });
 }
@@ -507,6 +519,20 @@ fn round_chunks<H: RowValue>(recipe: &TableRecipe, values: &mut [H]) {
 mod tests {
     use super::*;
     use crate::mem::ALIGN_BYTES;
+
+    #[test]
+    fn any_range_of_rows_is_those_rows_of_the_eager_table() {
+        for (dtype, init) in [(TableDtype::F32, TableInit::default()), (TableDtype::Bf16, TableInit::default()), (TableDtype::F16, TableInit::Normal { std: 0.1 })] {
+            let recipe = TableRecipe { rows: 3 * INIT_CHUNK_ROWS + 100, dim: 5, init, seed: 3, dtype };
+            let whole = EmbeddingTable::eager(recipe);
+            let row_bytes = 5 * dtype.size();
+            // Aligned (fast path) and unaligned starts, ends inside a chunk and at the table's end.
+            for range in [0..1, INIT_CHUNK_ROWS..2 * INIT_CHUNK_ROWS + 7, 2 * INIT_CHUNK_ROWS..recipe.rows, 17..INIT_CHUNK_ROWS + 3, 0..recipe.rows] {
+                let part = EmbeddingTable::eager_rows(recipe, range.clone());
+                assert_eq!(part.as_bytes(), &whole.as_bytes()[range.start * row_bytes..range.end * row_bytes], "{dtype:?} rows {range:?}");
+            }
+        }
+    }
 
     #[test]
     fn init_is_deterministic_and_within_range() {

@@ -17,6 +17,7 @@ use safetensors::tensor::Dtype;
 use super::chain::{stored_ids, Checkpoint};
 use super::manifest::ROWS_FILE;
 use crate::io::{table_tensor_dtype, SafetensorsFile, TensorStream};
+use crate::model::table::INIT_CHUNK_ROWS;
 use crate::model::{EmbeddingTable, TableRecipe};
 
 /// Bytes of rows put together per range when streaming (see [`TableSource::stream`]).
@@ -104,9 +105,8 @@ impl TableSource {
         if range.start > range.end || range.end > rows {
             bail!("rows {range:?} are outside the table's {rows}");
         }
-        let ids: Vec<u32> = (range.start as u32..range.end as u32).collect();
-        let mut table = EmbeddingTable::from_recipe_rows(self.recipe, &ids);
-        let mut marks = self.log_decay.map(|_| vec![0f64; ids.len()]);
+        let mut table = EmbeddingTable::eager_rows(self.recipe, range.clone());
+        let mut marks = self.log_decay.map(|_| vec![0f64; range.len()]);
         let row_bytes = dim * dtype.size();
         for link in &self.links {
             // Stored rows `k` in `first..last` are this range's rows, in order.
@@ -155,7 +155,8 @@ impl TableSource {
     /// The table, streamed in ranges of about 16 MiB.
     pub fn stream(&self) -> TableStream<'_> {
         let row_bytes = (self.recipe.dim * self.recipe.dtype.size()).max(1);
-        TableStream { source: self, chunk_rows: (STREAM_CHUNK_BYTES / row_bytes).max(1) }
+        // Whole generation chunks, so that every range is generated at eager speed.
+        TableStream { source: self, chunk_rows: (STREAM_CHUNK_BYTES / row_bytes).next_multiple_of(INIT_CHUNK_ROWS).max(INIT_CHUNK_ROWS) }
     }
 }
 
