@@ -172,6 +172,21 @@ pub fn set_huge_pages(on: bool) {
     HUGE_PAGES.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Returns the heap memory freed so far to the OS. glibc keeps freed blocks
+/// below its trim threshold for reuse; after data preparation, whose large
+/// transient buffers are gone before the table is allocated, that is memory
+/// the process holds but never uses again (7 MiB per rank of a row-sharded
+/// Debian run, 15 MiB for one process; `BENCHMARKS.md`). Other allocators and
+/// systems: nothing.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // touches no live allocation and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Asks Linux to back `buf` with transparent huge pages (a hint: errors are
 /// ignored, and other systems do nothing). With THP in `madvise` mode, as on
 /// many distributions, buffers get huge pages only when asked.

@@ -315,6 +315,8 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
         None => None,
     };
     let mut data = prepare_from(&config, source)?;
+    // Preparation's transient buffers are freed; the table is allocated next.
+    crate::mem::release_free_heap();
     if options.resume.is_some() {
         // Before anything in the run directory is rewritten: resuming on other data
         // would put labels on the wrong outputs and words on other rows.

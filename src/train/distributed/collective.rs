@@ -21,7 +21,7 @@ pub trait Collective: Send + Sync {
     /// Every rank's `bytes` (of any length), in rank order.
     fn all_gather_v(&self, bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>>;
     /// `send[j]` goes to rank `j`; returns what each rank sent to this one, in rank order.
-    fn all_to_all_v(&self, send: &[Vec<u8>]) -> anyhow::Result<Vec<Vec<u8>>>;
+    fn all_to_all_v(&self, send: &[&[u8]]) -> anyhow::Result<Vec<Vec<u8>>>;
     fn barrier(&self) -> anyhow::Result<()>;
     /// Ends the whole job after an error on this rank, so no peer waits for
     /// it (MPI_Abort). In-process groups return: their peers see this rank
@@ -39,12 +39,12 @@ impl dyn Collective + '_ {
     }
 
     pub fn all_to_all_v_u32(&self, send: &[Vec<u32>]) -> anyhow::Result<Vec<Vec<u32>>> {
-        let bytes: Vec<Vec<u8>> = send.iter().map(|v| bytemuck::cast_slice(v).to_vec()).collect();
+        let bytes: Vec<&[u8]> = send.iter().map(|v| bytemuck::cast_slice(v)).collect();
         Ok(self.all_to_all_v(&bytes)?.iter().map(|b| bytemuck::pod_collect_to_vec(b)).collect())
     }
 
     pub fn all_to_all_v_f32(&self, send: &[Vec<f32>]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let bytes: Vec<Vec<u8>> = send.iter().map(|v| bytemuck::cast_slice(v).to_vec()).collect();
+        let bytes: Vec<&[u8]> = send.iter().map(|v| bytemuck::cast_slice(v)).collect();
         Ok(self.all_to_all_v(&bytes)?.iter().map(|b| bytemuck::pod_collect_to_vec(b)).collect())
     }
 

@@ -92,7 +92,7 @@ impl Collective for MpiCollective {
         Ok(split(&buf, &counts))
     }
 
-    fn all_to_all_v(&self, send: &[Vec<u8>]) -> anyhow::Result<Vec<Vec<u8>>> {
+    fn all_to_all_v(&self, send: &[&[u8]]) -> anyhow::Result<Vec<Vec<u8>>> {
         assert_eq!(send.len(), self.size, "all_to_all_v needs one buffer per rank");
         // Every block carries one leading byte, so the send buffer is never
         // empty: an empty `[u8]`'s dangling pointer is 0x1, which is Open MPI's
@@ -117,7 +117,8 @@ impl Collective for MpiCollective {
             let mut received = PartitionMut::new(&mut buf[..], &recv_counts[..], &recv_displs[..]);
             self.world().all_to_all_varcount_into(&partition, &mut received);
         }
-        Ok(split(&buf, &recv_counts).into_iter().map(|mut b| b.split_off(1)).collect())
+        // Each block without its leading byte.
+        Ok(recv_displs.iter().zip(&recv_counts).map(|(&at, &c)| buf[at as usize + 1..(at + c) as usize].to_vec()).collect())
     }
 
     fn barrier(&self) -> anyhow::Result<()> {

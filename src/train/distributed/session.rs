@@ -385,9 +385,11 @@ fn share_of(rank: usize, w: usize, n: usize) -> std::ops::Range<usize> {
 
 /// Test examples a row-sharded rank scores per round: their rows, and the
 /// rows it serves to the other ranks' chunks, are all it holds for
-/// evaluation. Measured on Debian sections at W = 4: 2048 raised a rank's
-/// peak RSS ≈ 50 MiB above its training plateau, 512 by ≈ 8 MiB.
-const EVAL_CHUNK: usize = 512;
+/// evaluation. Measured on Debian sections (one epoch, row_sharded): 2048
+/// raised a W = 4 rank's peak RSS ≈ 50 MiB above its training plateau; 512
+/// gave peaks of 384 MiB at W = 2 and 245 at W = 4, 128 gave 368 and 237, and
+/// 64 gave 367 and 237 (the plateau), with the same run time.
+const EVAL_CHUNK: usize = 128;
 
 #[cfg(feature = "mpi")]
 fn mpi_world(mode: DistributedMode) -> anyhow::Result<Arc<dyn Collective>> {

@@ -80,10 +80,10 @@ impl Collective for ThreadCollective {
         (0..self.size()).map(|j| self.receive(j)).collect()
     }
 
-    fn all_to_all_v(&self, send: &[Vec<u8>]) -> anyhow::Result<Vec<Vec<u8>>> {
+    fn all_to_all_v(&self, send: &[&[u8]]) -> anyhow::Result<Vec<Vec<u8>>> {
         assert_eq!(send.len(), self.size(), "all_to_all_v needs one buffer per rank");
         for (j, bytes) in send.iter().enumerate() {
-            self.send(j, bytes.clone())?;
+            self.send(j, bytes.to_vec())?;
         }
         (0..self.size()).map(|j| self.receive(j)).collect()
     }
