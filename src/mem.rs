@@ -175,9 +175,9 @@ pub fn set_huge_pages(on: bool) {
 /// Returns the heap memory freed so far to the OS. glibc keeps freed blocks
 /// below its trim threshold for reuse; after data preparation, whose large
 /// transient buffers are gone before the table is allocated, that is memory
-/// the process holds but never uses again (7 MiB per rank of a row-sharded
-/// Debian run, 15 MiB for one process; `BENCHMARKS.md`). Other allocators and
-/// systems: nothing.
+/// the process holds but never uses again (on Debian sections: 6 MiB of one
+/// process's peak RSS, 2–3 MiB of each of 4 row-sharded ranks'). With other
+/// allocators and systems it does nothing.
 pub fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel; it
