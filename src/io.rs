@@ -199,6 +199,7 @@ pub enum TensorData<'a> {
     Bytes(&'a [u8]),
     /// Only some rows of these bytes, in the pick's order.
     Picked(&'a [u8], RowPick<'a>),
+    /// Bytes produced while the file is written.
     Streamed(&'a dyn TensorStream),
 }
 
