@@ -10,7 +10,9 @@ use safetensors::SafeTensors;
 use sparseburn::config::Config;
 use sparseburn::export::{self, ExportOptions};
 use sparseburn::train::checkpoint::{self, Checkpoint, TableSource};
-use sparseburn::train::{self, TrainOptions};
+use sparseburn::train::eval::evaluate;
+use sparseburn::train::prepare::prepare;
+use sparseburn::train::{self, TrainOptions, Trainer};
 
 fn quickstart(extra: &[&str]) -> Config {
     let mut overrides: Vec<String> = [
@@ -96,4 +98,26 @@ fn a_range_past_the_table_is_refused_naming_the_table_size() {
     let rows = source.recipe().rows;
     let e = source.read(rows - 1..rows + 1).err().unwrap().to_string();
     assert!(e.contains(&format!("outside the table's {rows}")), "{e}");
+}
+
+/// A lazy table (`memory.table_rows = "all"`) owing weight decay ends training
+/// decaying only the rows it holds, not writing the whole table: the final
+/// evaluation must still be that of the weights export builds, and the
+/// in-memory model (which materialises and decays the rest) must be them.
+#[test]
+fn a_lazy_table_owing_decay_ends_training_with_the_weights_export_builds() {
+    for dtype in ["f32", "bf16"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        let dtype_set = format!("model.table_dtype={dtype}");
+        // Enough buckets that most rows are never materialised.
+        let config = quickstart(&["optimizer.table.kind=lazy_adam", "optimizer.table.weight_decay=0.05", "memory.table_rows=all", "vocab.buckets=100000", &dtype_set]);
+        let trained = Trainer::new(config.clone()).unwrap().run_dir(run.clone()).train().unwrap();
+        let (table, head) = Checkpoint::open_latest(&run).unwrap().model().unwrap();
+        assert!(trained.model.table().as_bytes() == table.as_bytes(), "{dtype}: the in-memory model differs from the checkpoint's weights");
+        // Evaluated independently on those weights, from freshly prepared data.
+        let data = prepare(&config).unwrap();
+        let want = evaluate(&table, &head, config.model.pooling, &data.test, config.train.top_k);
+        assert_eq!(trained.outcome.final_eval, want, "{dtype}: the final evaluation did not see the decayed weights");
+    }
 }

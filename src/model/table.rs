@@ -471,19 +471,42 @@ impl EmbeddingTable {
     /// rounded with the bits of their row number in the larger table, so the
     /// result equals that table's own update. `f` gets the local row.
     pub fn update_rows_numbered_from(&mut self, first: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+        self.update_rows(first, false, f);
+    }
+
+    /// [`EmbeddingTable::update_all_rows`] for the rows that hold their
+    /// values: a lazy table's other rows are neither read nor written, so
+    /// they still cost no memory.
+    pub fn update_held_rows(&mut self, f: impl Fn(usize, &mut [f32]) + Sync) {
+        self.update_rows(0, true, f);
+    }
+
+    /// Whether row `r` holds its value (a lazy table's row once materialised).
+    pub fn holds_row(&self, r: usize) -> bool {
+        is_held(self.lazy.as_ref().map(|lazy| &lazy.done[..]), r)
+    }
+
+    fn update_rows(&mut self, first: usize, held_only: bool, f: impl Fn(usize, &mut [f32]) + Sync) {
         let dim = self.dim;
         let key = RoundingKey { seed: self.seed, step: self.update_step };
         self.update_step += 1;
+        let done = self.lazy.as_ref().filter(|_| held_only).map(|lazy| &lazy.done[..]);
         match &mut self.data {
-            TableData::F32(v) => v.par_chunks_mut(dim).enumerate().for_each(|(r, w)| f(r, w)),
-            TableData::Bf16(v) => update_half_rows(v, dim, first, key, &f),
-            TableData::F16(v) => update_half_rows(v, dim, first, key, &f),
+            TableData::F32(v) => v.par_chunks_mut(dim).enumerate().filter(|(r, _)| is_held(done, *r)).for_each(|(r, w)| f(r, w)),
+            TableData::Bf16(v) => update_half_rows(v, dim, first, done, key, &f),
+            TableData::F16(v) => update_half_rows(v, dim, first, done, key, &f),
         }
     }
 }
 
-fn update_half_rows<H: RowValue>(values: &mut [H], dim: usize, first: usize, key: RoundingKey, f: &(impl Fn(usize, &mut [f32]) + Sync)) {
-    values.par_chunks_mut(dim).enumerate().for_each_init(
+/// Whether row `r` is to be updated: every row, or (with a lazy table's
+/// bits) only a materialised one.
+fn is_held(done: Option<&[u64]>, r: usize) -> bool {
+    done.is_none_or(|done| done[r / 64] & (1 << (r % 64)) != 0)
+}
+
+fn update_half_rows<H: RowValue>(values: &mut [H], dim: usize, first: usize, done: Option<&[u64]>, key: RoundingKey, f: &(impl Fn(usize, &mut [f32]) + Sync)) {
+    values.par_chunks_mut(dim).enumerate().filter(|(r, _)| is_held(done, *r)).for_each_init(
         || vec![0f32; dim],
         |tmp, (r, row)| {
             load_row(tmp, row);

@@ -75,24 +75,22 @@ impl LazyDecay {
         self.catch_up_rows(0..rows)
     }
 
-    /// Applies every row's missed decay, so the table holds the weights a
-    /// dense optimizer would have (decay-wise) at this step.
+    /// Applies every held row's missed decay, so the table holds the weights
+    /// a dense optimizer would have (decay-wise) at this step. A lazy table's
+    /// rows not materialised yet keep owing theirs (their marks stay), so a
+    /// huge lazy table is not written whole; materialise them first to decay them too.
     pub(super) fn apply_pending(&mut self, table: &mut EmbeddingTable) {
         if self.marks.is_empty() {
             return;
         }
         assert_eq!(table.rows(), self.marks.len(), "table and decay marks differ in rows");
-        let (log_decay, dim) = (self.log_decay, table.dim());
-        if table.dtype() != crate::model::TableDtype::F32 {
-            // Half rows are widened and rounded back by the table itself.
-            let factors = self.catch_up_all().unwrap_or_default();
-            table.update_all_rows(|r, w| w.iter_mut().for_each(|x| *x *= factors[r]));
-            return;
-        }
-        table.as_mut_slice().par_chunks_mut(dim).zip(self.marks.par_iter_mut()).for_each(|(w, mark)| {
-            let factor = Self::catch_up(log_decay, mark);
+        let (log_decay, marks) = (self.log_decay, &self.marks);
+        // The factor `catch_up` gives; half rows are widened and rounded back by the table.
+        table.update_held_rows(|r, w| {
+            let factor = (log_decay - marks[r]).exp() as f32;
             w.iter_mut().for_each(|x| *x *= factor);
         });
+        self.marks.par_iter_mut().enumerate().filter(|(r, _)| table.holds_row(*r)).for_each(|(_, mark)| *mark = log_decay);
     }
 
     /// The state arrays `log_decay`, `row_log_decay` (`None` without weight decay).

@@ -828,7 +828,13 @@ impl<B: AutodiffBackend> Run<B> {
         // have, as export does (Checkpoint::model applies the same decay).
         let owes_decay = self.table_optimizer.state().iter().any(|(name, _)| *name == "row_log_decay");
         if owes_decay {
-            self.table.materialize_all();
+            // Only the rows held are decayed (a lazy table's others keep owing it,
+            // and are not written): evaluation reads the test rows, held since the
+            // start, and the projector its words, materialised here first.
+            if self.resident.is_none() {
+                let words = self.config.logging.projector_words.min(self.data.featurizer.vocab().len()) as u32;
+                self.table.materialize(&(0..words).collect::<Vec<_>>());
+            }
             // Half rows round this pass keyed by the final step, as Checkpoint::model does.
             self.table.set_update_step(self.state.step);
             self.table_optimizer.apply_pending_decay(&mut self.table);
@@ -886,7 +892,15 @@ impl<B: AutodiffBackend> Run<B> {
             Checkpoint::open_latest(&self.dir)?.model()?.0
         } else {
             let mut table = self.table;
-            table.materialize_all();
+            if !table.is_materialized() {
+                table.materialize_all();
+                // The rows just materialised owe their decay since step 0; the
+                // others were decayed at the end of training and owe nothing
+                // (a factor of exactly 1). Keyed by the final step, as Checkpoint::model.
+                table.set_update_step(self.state.step);
+                let mut optimizer = self.table_optimizer;
+                optimizer.apply_pending_decay(&mut table);
+            }
             table
         };
         Ok(TrainedModel::new(self.data.featurizer, self.data.labels, table, self.head.valid().weights(), self.config.model.pooling))
