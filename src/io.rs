@@ -3,12 +3,11 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use sha2::{Digest, Sha256};
@@ -225,18 +224,8 @@ impl<'a> TensorOut<'a> {
         self.len() == 0
     }
 
-    pub fn u32(name: impl Into<String>, shape: Vec<usize>, values: &'a [u32]) -> Self {
-        TensorOut { name: name.into(), dtype: Dtype::U32, shape, data: TensorData::Bytes(bytemuck::cast_slice(values)) }
-    }
-
     pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &'a [f32]) -> Self {
         TensorOut { name: name.into(), dtype: Dtype::F32, shape, data: TensorData::Bytes(bytemuck::cast_slice(values)) }
-    }
-
-    /// A 1-D tensor from optimizer state.
-    pub fn state(name: impl Into<String>, data: StateData<'a>) -> Self {
-        let (dtype, bytes) = state_bytes(data);
-        TensorOut { name: name.into(), dtype, shape: vec![data.len()], data: TensorData::Bytes(bytes) }
     }
 }
 

@@ -11,6 +11,13 @@ use super::rows::PerRowMut;
 use crate::mem::AlignedVec;
 use crate::model::EmbeddingTable;
 
+/// The decay factor a row whose mark is `mark` has missed when the running
+/// sum is `log_decay` (what every lazy optimizer, and export, multiplies it by).
+#[inline(always)]
+pub fn owed_factor(log_decay: f64, mark: f64) -> f32 {
+    (log_decay - mark).exp() as f32
+}
+
 #[derive(Debug)]
 pub(super) struct LazyDecay {
     weight_decay: f64,
@@ -53,9 +60,9 @@ impl LazyDecay {
     /// The factor a row with `mark` has missed, this step's included; moves the mark to now.
     #[inline(always)]
     pub(super) fn catch_up(log_decay: f64, mark: &mut f64) -> f32 {
-        let factor = (log_decay - *mark).exp();
+        let factor = owed_factor(log_decay, *mark);
         *mark = log_decay;
-        factor as f32
+        factor
     }
 
     /// [`LazyDecay::catch_up`] for each of `rows`, one at a time (for a
@@ -85,9 +92,9 @@ impl LazyDecay {
         }
         assert_eq!(table.rows(), self.marks.len(), "table and decay marks differ in rows");
         let (log_decay, marks) = (self.log_decay, &self.marks);
-        // The factor `catch_up` gives; half rows are widened and rounded back by the table.
+        // Half rows are widened and rounded back by the table.
         table.update_held_rows(|r, w| {
-            let factor = (log_decay - marks[r]).exp() as f32;
+            let factor = owed_factor(log_decay, marks[r]);
             w.iter_mut().for_each(|x| *x *= factor);
         });
         self.marks.par_iter_mut().enumerate().filter(|(r, _)| table.holds_row(*r)).for_each(|(_, mark)| *mark = log_decay);

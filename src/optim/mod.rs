@@ -20,6 +20,7 @@ mod state;
 
 pub use adam::{adam_state_arrays, AdamConfig, BiasCorrection};
 pub use config::{HParam, InvalidKey, OptimizerConfig};
+pub use decay::owed_factor;
 pub use state::{StateData, StateError, StateSource};
 
 use crate::model::{EmbeddingTable, SparseGrad};

@@ -17,7 +17,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, Checkpoint, CheckpointStats, Checkpointer, TrainerState};
+use super::checkpoint::{self, Checkpoint, CheckpointStats, Checkpointer, TableSource, TrainerState};
 use super::eval::EvalMetrics;
 use super::model::TrainedModel;
 use super::observer::{Observer, RunStart, StepEvent};
@@ -832,8 +832,7 @@ impl<B: AutodiffBackend> Run<B> {
             // and are not written): evaluation reads the test rows, held since the
             // start, and the projector its words, materialised here first.
             if self.resident.is_none() {
-                let words = self.config.logging.projector_words.min(self.data.featurizer.vocab().len()) as u32;
-                self.table.materialize(&(0..words).collect::<Vec<_>>());
+                self.table.materialize(&(0..self.projector_word_count() as u32).collect::<Vec<_>>());
             }
             // Half rows round this pass keyed by the final step, as Checkpoint::model does.
             self.table.set_update_step(self.state.step);
@@ -888,8 +887,10 @@ impl<B: AutodiffBackend> Run<B> {
         let table = if self.resident.is_some() {
             // Only the reached rows are held: the whole table (the others at their
             // initial values, with any decay they owe) is what export builds from
-            // the final checkpoint, so build it the same way.
-            Checkpoint::open_latest(&self.dir)?.model()?.0
+            // the final checkpoint, so build it the same way (without the
+            // optimizer's whole state, which Checkpoint::model would load).
+            let source = TableSource::new(&Checkpoint::open_latest(&self.dir)?)?;
+            source.read(0..source.recipe().rows)?
         } else {
             let mut table = self.table;
             if !table.is_materialized() {
@@ -906,8 +907,13 @@ impl<B: AutodiffBackend> Run<B> {
         Ok(TrainedModel::new(self.data.featurizer, self.data.labels, table, self.head.valid().weights(), self.config.model.pooling))
     }
 
+    /// Words the TensorBoard projector shows: the most frequent, which are rows `0..n`.
+    fn projector_word_count(&self) -> usize {
+        self.config.logging.projector_words.min(self.data.featurizer.vocab().len())
+    }
+
     fn write_projector(&mut self) -> anyhow::Result<()> {
-        let n = self.config.logging.projector_words.min(self.data.featurizer.vocab().len());
+        let n = self.projector_word_count();
         if n == 0 {
             return Ok(());
         }

@@ -190,7 +190,7 @@ impl Checkpoint {
     /// Whether the optimizer state holds per-row decay marks (lazy weight decay).
     fn owes_decay(&self) -> anyhow::Result<bool> {
         let (dir, _) = self.links.last().expect("a chain has a base");
-        Ok(SafetensorsFile::open(&dir.join(ROWS_FILE))?.has("global.log_decay"))
+        Ok(SafetensorsFile::open(&dir.join(ROWS_FILE))?.has(super::table_source::LOG_DECAY))
     }
 
     pub fn head(&self) -> anyhow::Result<HeadWeights> {

@@ -19,6 +19,7 @@ use super::manifest::ROWS_FILE;
 use crate::io::{table_tensor_dtype, SafetensorsFile, TensorStream};
 use crate::model::table::INIT_CHUNK_ROWS;
 use crate::model::{EmbeddingTable, TableRecipe};
+use crate::optim::owed_factor;
 
 /// Bytes of rows put together per range when streaming (see [`TableSource::stream`]).
 const STREAM_CHUNK_BYTES: usize = 16 << 20;
@@ -26,7 +27,7 @@ const STREAM_CHUNK_BYTES: usize = 16 << 20;
 /// Per-row decay marks in a checkpoint (see `optim::decay`).
 const ROW_MARKS: &str = "state.row_log_decay";
 /// The running sum of log decay factors the marks are measured against.
-const LOG_DECAY: &str = "global.log_decay";
+pub(super) const LOG_DECAY: &str = "global.log_decay";
 
 pub struct TableSource {
     recipe: TableRecipe,
@@ -133,10 +134,10 @@ impl TableSource {
             }
         }
         if let (Some(log_decay), Some(marks)) = (self.log_decay, marks) {
-            // The factor and rounding `LazyDecay::apply_pending` gives the whole table.
+            // The rounding `LazyDecay::apply_pending` gives the whole table.
             table.set_update_step(self.step);
             table.update_rows_numbered_from(range.start, |r, w| {
-                let factor = (log_decay - marks[r]).exp() as f32;
+                let factor = owed_factor(log_decay, marks[r]);
                 w.iter_mut().for_each(|x| *x *= factor);
             });
         }
