@@ -271,6 +271,23 @@ pub struct MemoryConfig {
     /// (Debian sections: 0.6M of 2.04M rows). "all" holds every row, for
     /// comparison; the weights trained are identical. Dense optimizers hold all.
     pub table_rows: TableRows,
+    /// Where the encoded training and test examples (their row ids) live
+    /// while training: "ram", "disk" (an unlinked file in the run directory,
+    /// read through the page cache; each batch's pages are dropped from the
+    /// process after use, so memory holds one batch, not the dataset), or
+    /// "auto" (default): "disk" for `distributed.mode = "row_sharded"`,
+    /// where every rank holds every example and per-rank memory is the
+    /// point (Debian sections: 31 MB of each rank's ids), else "ram".
+    pub examples: ExamplesHome,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExamplesHome {
+    #[default]
+    Auto,
+    Ram,
+    Disk,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +382,15 @@ fn at(source: impl Origin, key: &str, msg: impl std::fmt::Display) -> anyhow::Er
 }
 
 impl Config {
+    /// Whether training keeps the encoded examples on disk (`memory.examples`).
+    pub fn examples_on_disk(&self) -> bool {
+        match self.memory.examples {
+            ExamplesHome::Ram => false,
+            ExamplesHome::Disk => true,
+            ExamplesHome::Auto => self.distributed.mode == DistributedMode::RowSharded,
+        }
+    }
+
     /// Reads `path`, applies `overrides` (`key.path=value`), and validates.
     pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;

@@ -38,7 +38,8 @@ pub fn file_device(path: &std::path::Path) -> String {
 const FILE_DEVICE_PREFIX: &str = "file:";
 
 impl MemoryPlan {
-    /// The plan for a `rows`-row table, this head, and `dataset_ids` encoded ids in memory.
+    /// The plan for a `rows`-row table, this head, and `dataset_ids` encoded ids in memory
+    /// (0 when they are on disk).
     ///
     /// Sizes that overflow 64 bits (e.g. `model.dim = 2^62`) saturate at
     /// `u64::MAX`, so [`MemoryPlan::check`] refuses them with the numbers
@@ -70,8 +71,11 @@ impl MemoryPlan {
             items.push(MemoryItem { device: host.clone(), what: "host copy of the table", bytes: table });
             items.push(MemoryItem { device: host.clone(), what: "host copy of the optimizer state", bytes: table_state });
         }
+        // None with `memory.examples = "disk"`: they are read a batch at a time.
+        if dataset_ids > 0 {
+            items.push(MemoryItem { device: host.clone(), what: "encoded datasets", bytes: mul(&[dataset_ids, 4]) });
+        }
         items.extend([
-            MemoryItem { device: host.clone(), what: "encoded datasets", bytes: mul(&[dataset_ids, 4]) },
             // Pooled activations and their gradient, where the bag runs.
             MemoryItem { device: placement.tf_name(), what: "bag activations", bytes: mul(&[2, batch, dim, F32]) },
             // Weights, gradients, and Adam's two moments.

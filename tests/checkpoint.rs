@@ -95,7 +95,7 @@ fn resuming_from_a_delta_chain_is_bit_identical_and_checkpointing_does_not_chang
             // The chain stores exactly the rows some training example uses (every
             // example is in every epoch), not the test set's or the rest of the table.
             let stored = latest.stored_rows().unwrap().expect("a lazy run stores a subset of rows");
-            let mut used = train::prepare::prepare(&config).unwrap().train.ids.clone();
+            let mut used = train::prepare::prepare(&config).unwrap().train.ids.to_vec();
             used.sort_unstable();
             used.dedup();
             assert_eq!(stored, used);
@@ -229,5 +229,44 @@ fn holding_only_the_reached_rows_trains_exactly_what_holding_all_rows_does() {
         assert!(stopped.interrupted);
         train::train(&with("reached"), &TrainOptions { resume: Some(resumed_dir.clone()), ..Default::default() }).unwrap();
         assert!(restored(&resumed_dir) == want, "{extra:?}: resuming a reached-rows run changed training");
+    }
+}
+
+/// `memory.examples = "disk"` keeps the encoded examples in an unlinked file,
+/// read through the page cache a batch at a time: the weights, optimizer state
+/// and metrics must be exactly those of holding them in memory, with resident
+/// rows and with every row, the run directory must hold the same files (no
+/// file of examples left behind), and resuming must be bit-identical too.
+#[test]
+fn examples_on_disk_train_exactly_what_examples_in_memory_do() {
+    for rows in ["reached", "all"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let with = |home: &str| {
+            let (rows, home) = (format!("memory.table_rows={rows}"), format!("memory.examples={home}"));
+            quickstart(&["checkpoint.every=7", "optimizer.table.weight_decay=0.01", &rows, &home])
+        };
+        let (ram_dir, disk_dir, resumed_dir) = (tmp.path().join("ram"), tmp.path().join("disk"), tmp.path().join("resumed"));
+        let ram = train_in(&ram_dir, &with("ram"), None);
+        let disk = train_in(&disk_dir, &with("disk"), None);
+        let want = restored(&ram_dir);
+        assert!(restored(&disk_dir) == want, "{rows}: examples on disk trained other weights or state");
+        assert_eq!(disk.final_eval.loss.to_bits(), ram.final_eval.loss.to_bits(), "{rows}");
+        assert_eq!((disk.final_eval.accuracy, disk.final_eval.top_k_accuracy), (ram.final_eval.accuracy, ram.final_eval.top_k_accuracy));
+        let names = |dir: &Path| {
+            let mut n: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&disk_dir), names(&ram_dir), "{rows}: the run directories differ");
+        // What stays in memory: offsets (8 bytes) and labels (4) per example, not the ids.
+        let p = train::prepare::prepare(&with("ram")).unwrap();
+        let examples = (p.train.len() + 1 + p.test.len() + 1) * 8 + (p.train.len() + p.test.len()) * 4;
+        assert_eq!(ram.examples_in_memory_bytes as usize, examples + (p.train.ids.len() + p.test.ids.len()) * 4, "{rows}");
+        assert_eq!(disk.examples_in_memory_bytes as usize, examples, "{rows}");
+
+        let stopped = train_in(&resumed_dir, &with("disk"), Some(17));
+        assert!(stopped.interrupted);
+        train::train(&with("disk"), &TrainOptions { resume: Some(resumed_dir.clone()), ..Default::default() }).unwrap();
+        assert!(restored(&resumed_dir) == want, "{rows}: resuming with examples on disk changed training");
     }
 }

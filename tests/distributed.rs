@@ -123,7 +123,7 @@ fn row_sharded_with_every_row_held_and_hidden_layers_matches_one_process() {
 }
 
 #[test]
-fn a_row_sharded_rank_holds_a_quarter_of_the_rows() {
+fn a_row_sharded_rank_holds_a_quarter_of_the_rows_and_its_examples_on_disk() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, single) = single(tmp.path(), &["train.max_steps=2"]);
     let outcomes: Vec<RunOutcome> =
@@ -138,6 +138,8 @@ fn a_row_sharded_rank_holds_a_quarter_of_the_rows() {
             o.optimizer_state_bytes,
             single.optimizer_state_bytes
         );
+        // Every rank reads every example: their ids stay on disk (memory.examples = "auto").
+        assert!(o.examples_in_memory_bytes * 5 < single.examples_in_memory_bytes, "examples {} bytes, one process {}", o.examples_in_memory_bytes, single.examples_in_memory_bytes);
     }
 }
 

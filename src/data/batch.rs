@@ -81,6 +81,7 @@ impl Iterator for BatchIter {
         }
         let end = (self.next + self.batch_size).min(self.order.len());
         let batch = Batch::gather(&self.data, &self.order[self.next..end]);
+        self.data.ids.release_read_pages();
         self.next = end;
         Some(batch)
     }
@@ -92,8 +93,13 @@ mod tests {
 
     #[test]
     fn batches_cover_the_epoch_order_from_any_skip() {
-        let data =
-            Arc::new(Dataset { ids: (0..10).collect(), offsets: (0..=10).collect(), labels: (0..10).map(|i| i % 3).collect(), unknown_labels: 0, stats: Default::default() });
+        let data = Arc::new(Dataset {
+            ids: (0..10).collect::<Vec<u32>>().into(),
+            offsets: (0..=10).collect(),
+            labels: (0..10).map(|i| i % 3).collect(),
+            unknown_labels: 0,
+            stats: Default::default(),
+        });
         let order = epoch_order(10, 7, 2);
         let all: Vec<Batch> = BatchIter::new(data.clone(), 4, 7, 2, 0).collect();
         assert_eq!(all.iter().map(Batch::len).collect::<Vec<_>>(), [4, 4, 2]);

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::reader::{read_examples, DataFormat, ReadStats};
+use super::row_ids::RowIds;
 use super::vocab::Featurizer;
 
 /// The label set of the training data, in a stable order (sorted).
@@ -41,7 +42,9 @@ pub const UNKNOWN_LABEL: u32 = u32::MAX;
 
 #[derive(Clone, Debug, Default)]
 pub struct Dataset {
-    pub ids: Vec<u32>,
+    /// Every example's row ids, one example after another: on the heap, or on
+    /// disk after [`Dataset::move_ids_to_disk`].
+    pub ids: RowIds,
     /// `offsets[i]..offsets[i + 1]` are example `i`'s ids.
     pub offsets: Vec<usize>,
     pub labels: Vec<u32>,
@@ -61,17 +64,30 @@ impl Dataset {
         &self.ids[self.offsets[i]..self.offsets[i + 1]]
     }
 
+    /// Bytes of row ids, offsets and labels held on the heap.
+    pub fn heap_bytes(&self) -> u64 {
+        let ids = if self.ids.on_disk() { 0 } else { self.ids.len() * 4 };
+        (ids + self.offsets.len() * std::mem::size_of::<usize>() + self.labels.len() * 4) as u64
+    }
+
+    /// Moves the row ids to an unlinked file in `dir` (see [`RowIds`]): readers
+    /// then hold one batch's ids in memory, not the dataset's.
+    pub fn move_ids_to_disk(&mut self, dir: &Path) -> anyhow::Result<()> {
+        self.ids.move_to_disk(dir)
+    }
+
     /// Streams `path` and encodes every good example.
     pub fn encode_file(path: &Path, format: DataFormat, strict: bool, featurizer: &Featurizer, labels: &Labels) -> anyhow::Result<Self> {
         let mut data = Dataset { offsets: vec![0], ..Default::default() };
-        let mut tokens = Vec::new();
+        let (mut tokens, mut ids) = (Vec::new(), Vec::new());
         let stats = read_examples(path, format, strict, |ex| {
-            featurizer.features_into(&ex.text, &mut tokens, &mut data.ids);
-            data.offsets.push(data.ids.len());
+            featurizer.features_into(&ex.text, &mut tokens, &mut ids);
+            data.offsets.push(ids.len());
             let label = labels.get(&ex.label).unwrap_or(UNKNOWN_LABEL);
             data.unknown_labels += (label == UNKNOWN_LABEL) as u64;
             data.labels.push(label);
         })?;
+        data.ids = ids.into();
         data.stats = stats;
         Ok(data)
     }
@@ -79,9 +95,10 @@ impl Dataset {
     /// The examples at `indices`, in that order.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
         let mut out = Dataset { offsets: vec![0], ..Default::default() };
+        let ids = out.ids.heap_mut();
         for &i in indices {
-            out.ids.extend_from_slice(self.example(i));
-            out.offsets.push(out.ids.len());
+            ids.extend_from_slice(self.example(i));
+            out.offsets.push(ids.len());
             out.labels.push(self.labels[i]);
         }
         out.unknown_labels = out.labels.iter().filter(|&&l| l == UNKNOWN_LABEL).count() as u64;

@@ -139,7 +139,7 @@ fn encode(rows: &TokenRows, featurizer: &Featurizer, file: &TokenizedFile, label
     let (ids, offsets) = rows.encode(featurizer, file);
     let label_ids: Vec<u32> = file.labels.iter().map(|l| labels.get(l).unwrap_or(UNKNOWN_LABEL)).collect();
     let unknown_labels = label_ids.iter().filter(|&&l| l == UNKNOWN_LABEL).count() as u64;
-    Dataset { ids, offsets, labels: label_ids, unknown_labels, stats: file.stats.clone() }
+    Dataset { ids: ids.into(), offsets, labels: label_ids, unknown_labels, stats: file.stats.clone() }
 }
 
 #[cfg(test)]

@@ -138,6 +138,10 @@ pub struct RunOutcome {
     pub resident_rows: usize,
     pub table_bytes: u64,
     pub optimizer_state_bytes: u64,
+    /// Bytes of encoded train and test examples held in memory (0 when
+    /// `memory.examples` puts them on disk).
+    #[serde(default)]
+    pub examples_in_memory_bytes: u64,
     pub peak_rss_bytes: u64,
     pub interrupted: bool,
     /// Seconds from the start of `train` to the end of this session's first step.
@@ -365,8 +369,8 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
     let hold_reached = config.memory.table_rows == crate::config::TableRows::Reached;
     let resident = (hold_reached && config.optimizer.table.updates_only_grad_rows()).then(|| {
         let r = ResidentRows::reached_by(rows, &[&data.train.ids, &data.test.ids]);
-        r.localize(&mut Arc::get_mut(&mut data.train).expect("the training set is not shared yet").ids);
-        r.localize(&mut data.test.ids);
+        r.localize(Arc::get_mut(&mut data.train).expect("the training set is not shared yet").ids.heap_mut());
+        r.localize(data.test.ids.heap_mut());
         Arc::new(r)
     });
     let held_rows = resident.as_ref().map_or(rows, |r| r.len());
@@ -386,8 +390,16 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
     }
     // row_sharded: this rank holds only its shard of the rows (and their state).
     let (resident, held_rows) = dist.plan(&config, data.train.len(), resident, rows, checkpoint.as_ref().map(|c| c.state.step))?;
+    // Before the table is allocated: the ids' heap pages are returned first.
+    let examples_on_disk = config.examples_on_disk();
+    if examples_on_disk {
+        Arc::get_mut(&mut data.train).expect("the training set is not shared yet").move_ids_to_disk(&dir)?;
+        data.test.move_ids_to_disk(&dir)?;
+        crate::mem::release_free_heap();
+    }
     let head_config = HeadConfig { input: dim, hidden: config.model.hidden.clone(), classes: data.labels.len() };
-    let plan = MemoryPlan::new(&config, held_rows, &head_config, (data.train.ids.len() + data.test.ids.len()) as u64, dense);
+    let ids_in_memory = if examples_on_disk { 0 } else { (data.train.ids.len() + data.test.ids.len()) as u64 };
+    let plan = MemoryPlan::new(&config, held_rows, &head_config, ids_in_memory, dense);
     if let Err(e) = plan.check(&config, dense) {
         if created {
             drop(lock);
@@ -429,6 +441,7 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
     }
     // Evaluation reads the test examples' rows: materialise them once.
     table.materialize(&data.test.ids);
+    data.test.ids.release_read_pages();
     let optimizer_config = serde_json::to_value(&config.optimizer.table).context("recording the table optimizer config")?;
     let checkpointer = Checkpointer::new(&dir, &config.checkpoint, recipe, resident.clone(), optimizer_config, checkpoint.as_ref())?;
     let head = Head::<B>::from_weights(&head_weights, &device);
@@ -868,6 +881,7 @@ impl<B: AutodiffBackend> Run<B> {
             resident_rows: self.table.rows(),
             table_bytes: self.table.bytes() as u64,
             optimizer_state_bytes: self.table_optimizer.state_bytes() as u64,
+            examples_in_memory_bytes: self.data.train.heap_bytes() + self.data.test.heap_bytes(),
             peak_rss_bytes: sys::peak_rss_bytes().unwrap_or(0),
             interrupted,
             time_to_first_step_seconds: self.first_step_seconds.unwrap_or(0.0),

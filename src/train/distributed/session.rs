@@ -323,6 +323,7 @@ impl Distributed {
                 let e = chunk.start + i;
                 (&positions[test.offsets[e] - base..test.offsets[e + 1] - base], test.labels[e])
             }));
+            test.ids.release_read_pages();
         }
         let all = comm.all_gather_v(bytemuck::cast_slice(&scores))?;
         let scores: Vec<ExampleScore> = all.iter().flat_map(|b| bytemuck::pod_collect_to_vec::<u8, ExampleScore>(b)).collect();
