@@ -388,9 +388,12 @@ fn share_of(rank: usize, w: usize, n: usize) -> std::ops::Range<usize> {
 /// rows it serves to the other ranks' chunks, are all it holds for
 /// evaluation. Measured on Debian sections (one epoch, row_sharded): 2048
 /// raised a W = 4 rank's peak RSS ≈ 50 MiB above its training plateau; 512
-/// gave peaks of 384 MiB at W = 2 and 245 at W = 4, 128 gave 368 and 237, and
-/// 64 gave 367 and 237 (the plateau), with the same run time.
-const EVAL_CHUNK: usize = 128;
+/// gave peaks of 384 MiB at W = 2 and 245 at W = 4, and 128 gave 368 and 237.
+/// Once the examples moved to disk (a plateau 40 MiB lower), the W = 4 peaks
+/// were 189–190 MiB with 128, 185–189 with 64 and 185–186 with 32; 32 also
+/// took 0.1–0.4 s longer per evaluation on 2 shared cores, and each round is
+/// three collectives' latency on a network.
+const EVAL_CHUNK: usize = 64;
 
 #[cfg(feature = "mpi")]
 fn mpi_world(mode: DistributedMode) -> anyhow::Result<Arc<dyn Collective>> {
