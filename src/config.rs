@@ -273,8 +273,8 @@ pub struct MemoryConfig {
     pub table_rows: TableRows,
     /// Where the encoded training and test examples (their row ids) live
     /// while training: "ram", "disk" (an unlinked file in the run directory,
-    /// read through the page cache; each batch's pages are dropped from the
-    /// process after use, so memory holds one batch, not the dataset), or
+    /// read a batch at a time through the OS page cache, so the process holds
+    /// one batch's ids, not the dataset's), or
     /// "auto" (default): "disk" for `distributed.mode = "row_sharded"`,
     /// where every rank holds every example and per-rank memory is the
     /// point (Debian sections: 31 MB of each rank's ids), else "ram".

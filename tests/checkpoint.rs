@@ -95,7 +95,7 @@ fn resuming_from_a_delta_chain_is_bit_identical_and_checkpointing_does_not_chang
             // The chain stores exactly the rows some training example uses (every
             // example is in every epoch), not the test set's or the rest of the table.
             let stored = latest.stored_rows().unwrap().expect("a lazy run stores a subset of rows");
-            let mut used = train::prepare::prepare(&config).unwrap().train.ids.to_vec();
+            let mut used = train::prepare::prepare(&config).unwrap().train.ids.all().into_owned();
             used.sort_unstable();
             used.dedup();
             assert_eq!(stored, used);

@@ -74,7 +74,7 @@ fn a_mapped_table_trains_bit_identically_and_the_file_holds_the_trained_rows() {
         // With reached rows the file's row i is the i-th reached id; the stored ids are among them.
         let reached = (table_rows == "reached").then(|| {
             let data = train::prepare::prepare(&mapped_config).unwrap();
-            let mut ids: Vec<u32> = data.train.ids.iter().chain(data.test.ids.iter()).copied().collect();
+            let mut ids: Vec<u32> = data.train.ids.all().iter().chain(data.test.ids.all().iter()).copied().collect();
             ids.sort_unstable();
             ids.dedup();
             ids

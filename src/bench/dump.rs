@@ -38,7 +38,7 @@ fn write_raw<T: bytemuck::Pod>(path: &Path, values: &[T]) -> anyhow::Result<()> 
 
 fn write_set(dir: &Path, name: &str, d: &Dataset) -> anyhow::Result<()> {
     let offsets: Vec<u64> = d.offsets.iter().map(|&o| o as u64).collect();
-    write_raw(&dir.join(format!("{name}_ids.u32")), &d.ids)?;
+    write_raw(&dir.join(format!("{name}_ids.u32")), &d.ids.all())?;
     write_raw(&dir.join(format!("{name}_offsets.u64")), &offsets)?;
     write_raw(&dir.join(format!("{name}_labels.u32")), &d.labels)
 }

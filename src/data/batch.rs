@@ -29,7 +29,7 @@ impl Batch {
     pub fn gather(data: &Dataset, examples: &[usize]) -> Batch {
         let mut b = Batch { offsets: vec![0], ..Default::default() };
         for &i in examples {
-            b.ids.extend_from_slice(data.example(i));
+            data.extend_with_example(i, &mut b.ids);
             b.offsets.push(b.ids.len());
             b.labels.push(data.labels[i]);
         }
@@ -81,7 +81,6 @@ impl Iterator for BatchIter {
         }
         let end = (self.next + self.batch_size).min(self.order.len());
         let batch = Batch::gather(&self.data, &self.order[self.next..end]);
-        self.data.ids.release_read_pages();
         self.next = end;
         Some(batch)
     }

@@ -19,6 +19,8 @@ impl Labels {
     pub fn new(mut names: Vec<String>) -> Self {
         names.sort();
         names.dedup();
+        // Callers pass every example's label: keep room for the distinct ones only.
+        names.shrink_to_fit();
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect();
         Labels { names, index }
     }
@@ -60,8 +62,15 @@ impl Dataset {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
-    pub fn example(&self, i: usize) -> &[u32] {
-        &self.ids[self.offsets[i]..self.offsets[i + 1]]
+    /// Appends example `i`'s ids to `out`.
+    pub fn extend_with_example(&self, i: usize, out: &mut Vec<u32>) {
+        self.ids.extend_into(self.offsets[i]..self.offsets[i + 1], out);
+    }
+
+    /// The ids of examples `examples`, one after another (borrowed from the
+    /// heap, or read from disk); example `i`'s start at `offsets[i] - offsets[examples.start]`.
+    pub fn ids_of(&self, examples: std::ops::Range<usize>) -> std::borrow::Cow<'_, [u32]> {
+        self.ids.slice(self.offsets[examples.start]..self.offsets[examples.end])
     }
 
     /// Bytes of row ids, offsets and labels held on the heap.
@@ -71,7 +80,7 @@ impl Dataset {
     }
 
     /// Moves the row ids to an unlinked file in `dir` (see [`RowIds`]): readers
-    /// then hold one batch's ids in memory, not the dataset's.
+    /// then hold the ids they read, not the dataset's.
     pub fn move_ids_to_disk(&mut self, dir: &Path) -> anyhow::Result<()> {
         self.ids.move_to_disk(dir)
     }
@@ -97,7 +106,7 @@ impl Dataset {
         let mut out = Dataset { offsets: vec![0], ..Default::default() };
         let ids = out.ids.heap_mut();
         for &i in indices {
-            ids.extend_from_slice(self.example(i));
+            self.extend_with_example(i, ids);
             out.offsets.push(ids.len());
             out.labels.push(self.labels[i]);
         }

@@ -46,17 +46,19 @@ pub fn log_sum_exp(x: &[f32]) -> f64 {
     max + x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
 }
 
-/// Examples scored between two releases of a dataset's pages on disk: large
-/// enough that the parallel scoring of a chunk keeps every thread busy.
+/// Examples scored per chunk (whose ids are read from disk together when
+/// `memory.examples = "disk"`): enough that the parallel scoring of a chunk
+/// keeps every thread busy.
 const EVAL_CHUNK_EXAMPLES: usize = 8192;
 
 pub fn evaluate(table: &EmbeddingTable, head: &HeadWeights, pooling: Pooling, data: &Dataset, k: usize) -> EvalMetrics {
     let mut scores = Vec::with_capacity(data.len());
-    // In chunks, so that ids on disk are resident one chunk at a time.
+    // In chunks, so that ids on disk are read into memory one chunk at a time.
     for chunk in (0..data.len()).step_by(EVAL_CHUNK_EXAMPLES) {
         let n = EVAL_CHUNK_EXAMPLES.min(data.len() - chunk);
-        scores.extend(score_examples(table, head, pooling, k, n, |i| (data.example(chunk + i), data.labels[chunk + i])));
-        data.ids.release_read_pages();
+        let (ids, base) = (data.ids_of(chunk..chunk + n), data.offsets[chunk]);
+        let example = |e: usize| &ids[data.offsets[e] - base..data.offsets[e + 1] - base];
+        scores.extend(score_examples(table, head, pooling, k, n, |i| (example(chunk + i), data.labels[chunk + i])));
     }
     metrics_of(&scores, data, k)
 }

@@ -368,7 +368,7 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
     // values, which checkpoints and export regenerate from the table's recipe.
     let hold_reached = config.memory.table_rows == crate::config::TableRows::Reached;
     let resident = (hold_reached && config.optimizer.table.updates_only_grad_rows()).then(|| {
-        let r = ResidentRows::reached_by(rows, &[&data.train.ids, &data.test.ids]);
+        let r = ResidentRows::reached_by(rows, &[&data.train.ids.all(), &data.test.ids.all()]);
         r.localize(Arc::get_mut(&mut data.train).expect("the training set is not shared yet").ids.heap_mut());
         r.localize(data.test.ids.heap_mut());
         Arc::new(r)
@@ -378,7 +378,7 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
         log::info!("table: {held_rows} of {rows} rows held in memory (the rows the data reaches; the others keep their initial values)");
     }
     // Before the table and its optimizer state are allocated.
-    let (huge_pages, page_share) = huge_pages_for(&config, &data.train.ids, held_rows);
+    let (huge_pages, page_share) = huge_pages_for(&config, &data.train.ids.all(), held_rows);
     crate::mem::set_huge_pages(huge_pages);
     if log {
         log::info!(
@@ -440,8 +440,9 @@ fn run<B: AutodiffBackend>(config: &Config, session: Session, device: B::Device,
         table.materialize_all();
     }
     // Evaluation reads the test examples' rows: materialise them once.
-    table.materialize(&data.test.ids);
-    data.test.ids.release_read_pages();
+    for ids in data.test.ids.chunks() {
+        table.materialize(&ids);
+    }
     let optimizer_config = serde_json::to_value(&config.optimizer.table).context("recording the table optimizer config")?;
     let checkpointer = Checkpointer::new(&dir, &config.checkpoint, recipe, resident.clone(), optimizer_config, checkpoint.as_ref())?;
     let head = Head::<B>::from_weights(&head_weights, &device);

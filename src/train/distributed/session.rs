@@ -311,7 +311,7 @@ impl Distributed {
         for round in 0..rounds {
             // Every rank takes part in every round's fetch (to serve the others), its own chunk empty or not.
             let chunk = (mine.start + round * EVAL_CHUNK).min(mine.end)..(mine.start + (round + 1) * EVAL_CHUNK).min(mine.end);
-            let ids = &test.ids[test.offsets[chunk.start]..test.offsets[chunk.end]];
+            let ids = test.ids_of(chunk.clone());
             let mut unique = ids.to_vec();
             unique.sort_unstable();
             unique.dedup();
@@ -323,7 +323,6 @@ impl Distributed {
                 let e = chunk.start + i;
                 (&positions[test.offsets[e] - base..test.offsets[e + 1] - base], test.labels[e])
             }));
-            test.ids.release_read_pages();
         }
         let all = comm.all_gather_v(bytemuck::cast_slice(&scores))?;
         let scores: Vec<ExampleScore> = all.iter().flat_map(|b| bytemuck::pod_collect_to_vec::<u8, ExampleScore>(b)).collect();
